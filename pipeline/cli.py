@@ -61,6 +61,38 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from data_prep.cluster import print_cluster_summary, run_cluster
+    from pipeline.cluster_config import ClusterConfig
+    from pipeline.config import load_config
+
+    cfg = load_config(
+        ClusterConfig, args.config or _default_config("cluster/default.yaml"), args.overrides
+    )
+    summary = run_cluster(cfg, Path(args.shards), Path(args.output))
+    print_cluster_summary(summary)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from finetune.zeroshot import evaluate_zeroshot, format_table
+    from pipeline.io import atomic_write_json
+
+    result = evaluate_zeroshot(args.model, args.shards, args.labels)
+    out = Path(args.output) if args.output else Path(args.model) / "zeroshot.json"
+    atomic_write_json(out, result)
+    print(format_table(result))
+    print(f"metrics and per-video predictions: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pretrain.demo import run_demo
+
+    run_demo(Path(args.output), args.overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlpipe", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -79,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     pre.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     pre.set_defaults(func=cmd_pretrain)
+
+    clu = sub.add_parser("cluster", help="visual vocabulary: hierarchical k-means (faiss)")
+    clu.add_argument("--shards", required=True, help="prep output directory")
+    clu.add_argument("--output", required=True, help="vocabulary output directory")
+    clu.add_argument("--config", help="YAML (default: configs/cluster/default.yaml, 4 x 12)")
+    clu.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    clu.set_defaults(func=cmd_cluster)
+
+    ev = sub.add_parser("evaluate", help="evaluate a pretrained model")
+    ev_sub = ev.add_subparsers(dest="task", required=True)
+    zs = ev_sub.add_parser("zeroshot", help="zero-shot action classification (methods.md 1.6)")
+    zs.add_argument("--model", required=True, help="pretrain run directory or its model/")
+    zs.add_argument("--shards", required=True, help="prep output holding the labelled videos")
+    zs.add_argument("--labels", required=True, help="labels.json (verbs, nouns, segments)")
+    zs.add_argument("--output", help="metrics JSON (default: MODEL/zeroshot.json)")
+    zs.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="every stage on the bundled sample corpus, with a report")
+    demo.add_argument("--output", default="demo_out", help="demo output directory")
+    demo.add_argument("overrides", nargs="*", help="model=videobert|cbt|vilbert, key=value ...")
+    demo.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,0 +1,81 @@
+"""Config loading: YAML + dotted overrides, validation naming the key, saved resolved config."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, config_hash, load_config, parse_overrides, save_config
+from pipeline.prep_config import PrepConfig
+from pipeline.train_config import PretrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(
+        PrepConfig,
+        REPO / "configs/prep/default.yaml",
+        ["video.fps=30", "asr.model_path=null", "features.spatial=true", "video.decoder=pyav"],
+    )
+    assert cfg.video.fps == 30.0 and isinstance(cfg.video.fps, float)
+    assert cfg.asr.model_path is None
+    assert cfg.features.spatial is True
+    assert cfg.video.decoder == "pyav"
+    assert cfg.video.clip_seconds == 1.5 and cfg.video.size == 224
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("video.fpss=3", "unknown key video.fpss"),
+        ("video.decoder=opencv", "video.decoder"),
+        ("video.fps=-1", "video.fps"),
+        ("video.fps=abc", "video.fps"),
+        ("features.batch_size=0", "features.batch_size"),
+        ("asr.source=maybe", "asr.source"),
+        ("shards.max_samples=1.5", "shards.max_samples"),
+        ("nosuchsection.x=1", "unknown key nosuchsection"),
+        ("asr.vad_filter=3", "asr.vad_filter"),
+        ("novalue", "key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(PrepConfig, None, [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(PrepConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("video: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(PrepConfig, bad)
+
+
+def test_nested_dict_overrides_and_required_field():
+    cfg = load_config(
+        PretrainConfig,
+        REPO / "configs/pretrain/videobert.yaml",
+        ["data.shards=/x", "objective.w_text=2", "model.config.hidden_dropout_prob=0.0"],
+    )
+    assert cfg.objective["w_text"] == 2 and cfg.objective["w_video"] == 1.0
+    assert cfg.model.config["hidden_dropout_prob"] == 0.0
+    with pytest.raises(ConfigError, match=r"data\.shards"):
+        load_config(PretrainConfig, REPO / "configs/pretrain/videobert.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(PrepConfig, None, ["video.size=112"])
+    save_config(cfg, tmp_path / "cfg.yaml")
+    saved = yaml.safe_load((tmp_path / "cfg.yaml").read_text())
+    assert saved["_meta"]["config_hash"] == config_hash(cfg)
+    assert "git_revision" in saved["_meta"]
+    again = load_config(PrepConfig, tmp_path / "cfg.yaml")
+    assert again == cfg
+
+
+def test_parse_overrides_types():
+    d = parse_overrides(["a.b=1", "a.c=1.5", "a.d=true", "e=hello", "f=[1, 2]"])
+    assert d == {"a": {"b": 1, "c": 1.5, "d": True}, "e": "hello", "f": [1, 2]}
