@@ -62,14 +62,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from data_prep.cluster import print_cluster_summary, run_cluster
+    from data_prep.cluster import ClusterError, print_cluster_summary, run_cluster
     from pipeline.cluster_config import ClusterConfig
     from pipeline.config import load_config
 
     cfg = load_config(
         ClusterConfig, args.config or _default_config("cluster/default.yaml"), args.overrides
     )
-    summary = run_cluster(cfg, Path(args.shards), Path(args.output))
+    try:
+        summary = run_cluster(cfg, Path(args.shards), Path(args.output))
+    except ClusterError as e:
+        logging.getLogger("vlpipe").error("%s", e)
+        return 2
     print_cluster_summary(summary)
     return 0
 
