@@ -264,8 +264,7 @@ class Prep:
                 state.thumbs.extend(thumbs)
             for i in range(len(spans)):
                 self.buffer.append((key, first + i, frames[i]))
-            if len(self.buffer) >= self.cfg.features.batch_size:
-                self.flush()
+            self.flush(partial=False)
         elif kind == "speech":
             state.speech = event[2]
         elif kind == "end":
@@ -276,15 +275,23 @@ class Prep:
         elif kind == "error":
             self.fail(key, state.item.display, event[2], event[3])
 
-    def flush(self) -> None:
-        """Run S3D on the buffered clips (any mix of videos) in batches of features.batch_size."""
+    def flush(self, partial: bool = True) -> None:
+        """Run S3D on buffered clips (any mix of videos) in batches of features.batch_size.
+
+        Every forward has the same batch shape (a short last batch is zero-padded): oneDNN's
+        result for a clip then does not depend on which other clips share its batch, so a
+        resumed or distributed run gives bit-identical features. `partial=False` leaves a short
+        remainder buffered for the next call.
+        """
         bs = self.cfg.features.batch_size
-        while self.buffer:
+        while len(self.buffer) >= bs or (partial and self.buffer):
             batch, self.buffer = self.buffer[:bs], self.buffer[bs:]
+            frames = np.stack([b[2] for b in batch])
+            if len(batch) < bs:
+                pad = np.zeros((bs - len(batch), *frames.shape[1:]), frames.dtype)
+                frames = np.concatenate([frames, pad])
             t0 = time.perf_counter()
-            feats, fmaps = self.extractor(
-                np.stack([b[2] for b in batch]), spatial=self.cfg.features.spatial
-            )
+            feats, fmaps = self.extractor(frames, spatial=self.cfg.features.spatial)
             self.summary.timings["s3d"] += time.perf_counter() - t0
             finished = []
             for j, (key, idx, _) in enumerate(batch):
@@ -296,6 +303,10 @@ class Prep:
                     finished.append(state)
             for state in finished:
                 self.finalize(state)
+
+    def waiting_video(self) -> bool:
+        """A fully decoded video whose last clips sit in the buffer (flush them, don't wait)."""
+        return any(s.end is not None for s in self.states.values())
 
     def transcript_of(self, state: VideoState):
         from data_prep.asr import Transcript
@@ -429,7 +440,8 @@ class Prep:
             try:
                 event = event_q.get(timeout=0.2)
             except queue.Empty:
-                self.flush()  # nothing arriving: don't let buffered clips wait for a full batch
+                if self.waiting_video():  # nothing arriving: don't let a finished video wait
+                    self.flush()
                 for i, w in enumerate(workers):
                     if w.exitcode not in (None, 0):  # crashed (e.g. a decoder segfault)
                         key = current.pop(w.pid, None)
