@@ -1,0 +1,370 @@
+"""CBT: Contrastive Bidirectional Transformer (methods.md 2; no official code exists).
+
+Three parts, trained with `w_bert·L_bert + w_visual·L_visual + w_cross·L_cross` (methods.md 2.1):
+
+* text tower: a BERT checkpoint with a masked-LM head (L_bert). It never sees the video, so
+  `masked_text_logits` is text-only by design;
+* visual transformer over continuous S3D clip features, trained by masked-clip NCE (L_visual):
+  masked clips are replaced by a learned vector and each output ê_t must pick out the embedding
+  e_t = f_enc(x_t) of its own clip among the other clips of the batch;
+* a shallow cross-modal transformer over [text outputs ; visual outputs] whose first output
+  token gives the scalar MI(x, y) (L_cross, contrastive over the batch's sentences).
+
+Design choice, target embedding (methods.md 2.1): e_t is the model's own input projection
+`clip_projection` (Linear F -> D_v) of the *unmasked* feature. The paper defines the context
+model's inputs and the NCE targets as the same embedding e = f_enc(x); with a frozen S3D the only
+trainable part of f_enc is this projection, so no separate target head is used. The contrastive
+form rules out the collapse a shared projection would allow under a regression loss; the
+prediction side has its own head (`context_head`, like CPC's W_k) and both sides are compared
+by cosine / temperature.
+
+Legend: B batch, L text tokens (L+2 with [CLS]/[SEP]), T clips, F feature width, D_t text width,
+D_v visual width, D_c cross-modal width, C candidate sentences per video, V WordPiece vocab.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+from transformers import initialization as init
+
+from pipeline.losses import nce_loss, nce_with_pool_negatives
+from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
+from pipeline.models.layers import (
+    MLP,
+    TiedMaskedLMHead,
+    TransformerBlock,
+    add_cls_sep,
+    load_bert_text_tower,
+)
+
+
+class CBTConfig(VLConfig):
+    """CBT sizes and loss settings. Layer counts and widths are not given by the paper
+    (methods.md 2.2, unverified): "few layers" visual, "shallow" cross-modal."""
+
+    model_type = "vlpipe-cbt"
+
+    def __init__(
+        self,
+        visual_hidden: int = 384,  # D_v; MiniLM width, so the benchmark compares equal widths
+        visual_layers: int = 2,  # "a few layers" (methods.md 2.2, unverified)
+        visual_heads: int = 6,
+        visual_intermediate: int = 1536,
+        cross_hidden: int = 384,  # D_c, the common width both towers are projected to
+        cross_layers: int = 1,  # "shallow" cross-modal transformer
+        cross_heads: int = 6,
+        cross_intermediate: int = 1536,
+        hidden_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        nce_temperature: float = 0.1,  # cosine scores / τ for L_visual
+        nce_max_negatives: int = 1024,  # cap on the clip negatives, sampled; 0 = all clips
+        cross_max_negatives: int = 0,  # sentences per video in L_cross; 0 = all other videos
+        **kwargs,
+    ) -> None:
+        self.visual_hidden = visual_hidden
+        self.visual_layers = visual_layers
+        self.visual_heads = visual_heads
+        self.visual_intermediate = visual_intermediate
+        self.cross_hidden = cross_hidden
+        self.cross_layers = cross_layers
+        self.cross_heads = cross_heads
+        self.cross_intermediate = cross_intermediate
+        self.hidden_dropout = hidden_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.nce_temperature = nce_temperature
+        self.nce_max_negatives = nce_max_negatives
+        self.cross_max_negatives = cross_max_negatives
+        super().__init__(**kwargs)
+
+
+class CBTForPretraining(VLPreTrainedModel):
+    """BERT text tower + visual transformer + shallow cross-modal transformer (methods.md 2)."""
+
+    config_class = CBTConfig
+
+    def __init__(self, config: CBTConfig) -> None:
+        super().__init__(config)
+        text_config = BertConfig(**config.text_config)
+        d_t, d_v, d_c = text_config.hidden_size, config.visual_hidden, config.cross_hidden
+        eps, dropout = config.layer_norm_eps, config.hidden_dropout
+        self.text = BertModel(text_config, add_pooling_layer=False)
+        self.mlm_head = TiedMaskedLMHead(d_t, text_config.vocab_size, text_config.layer_norm_eps)
+        # Visual transformer g_context over e = f_enc(x) (methods.md 2.1).
+        self.clip_projection = nn.Linear(config.feat_dim, d_v)  # f_enc: also the NCE target
+        self.clip_mask_embedding = nn.Parameter(torch.zeros(d_v))
+        self.clip_positions = nn.Embedding(config.max_clips, d_v)
+        self.visual_norm = nn.LayerNorm(d_v, eps=eps)
+        self.visual_dropout = nn.Dropout(dropout)
+        self.visual_layers = nn.ModuleList(
+            TransformerBlock(d_v, config.visual_heads, config.visual_intermediate, dropout, eps)
+            for _ in range(config.visual_layers)
+        )
+        self.context_head = nn.Linear(d_v, d_v)  # ê_t = W h_t, compared with e_t
+        # Cross-modal transformer over h = {text outputs ; visual outputs} (methods.md 2.1).
+        self.cross_text_projection = nn.Linear(d_t, d_c)
+        self.cross_video_projection = nn.Linear(d_v, d_c)
+        self.cross_modality = nn.Embedding(2, d_c)  # 0 text, 1 video
+        self.cross_norm = nn.LayerNorm(d_c, eps=eps)
+        self.cross_layers = nn.ModuleList(
+            TransformerBlock(d_c, config.cross_heads, config.cross_intermediate, dropout, eps)
+            for _ in range(config.cross_layers)
+        )
+        self.mi_head = MLP(d_c, d_c, 1)  # MI(x, y) from the first output token
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # Linear / Embedding / LayerNorm from initializer_range
+        if isinstance(module, CBTForPretraining):
+            init.normal_(module.clip_mask_embedding, std=self.config.initializer_range)
+        elif isinstance(module, TiedMaskedLMHead):
+            init.zeros_(module.bias)
+
+    @classmethod
+    def from_text_checkpoint(
+        cls,
+        text_model_path: str | Path,
+        centroids: np.ndarray | Tensor | None = None,
+        **config_kwargs,
+    ) -> CBTForPretraining:
+        """New CBT whose text tower is the local HF BERT at `text_model_path` (special ids from
+        its tokenizer). `config_kwargs` set any other CBTConfig field. `centroids` is accepted
+        for the registry's uniform call and ignored: CBT needs no visual vocabulary."""
+        del centroids  # continuous features only (methods.md 2.1)
+        bert_config, bert_weights, special_ids = load_bert_text_tower(text_model_path)
+        config = CBTConfig(text_config=bert_config.to_dict(), **special_ids, **config_kwargs)
+        model = cls(config)
+        model.text.load_state_dict(bert_weights)
+        return model
+
+    # --- towers -----------------------------------------------------------------------------
+
+    def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """ids [B, L], mask [B, L] -> BERT outputs [B, L+2, D_t] of `[CLS] text [SEP]`, mask."""
+        cfg = self.config
+        ids, mask = add_cls_sep(
+            text_ids, text_mask, cfg.cls_token_id, cfg.sep_token_id, cfg.pad_token_id
+        )
+        limit = self.text.config.max_position_embeddings
+        if ids.shape[1] > limit:
+            raise ValueError(
+                f"text of {ids.shape[1] - 2} tokens exceeds the BERT limit {limit - 2}"
+            )
+        return self.text(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def encode_video(
+        self, video_feats: Tensor, video_mask: Tensor, masked_clips: Tensor | None = None
+    ) -> Tensor:
+        """feats [B, T, F], mask [B, T], masked_clips Bool [B, T] (replaced by the learned mask
+        vector) -> visual transformer outputs [B, T, D_v]."""
+        num_clips = video_feats.shape[1]
+        if num_clips > self.config.max_clips:
+            raise ValueError(f"{num_clips} clips exceed max_clips {self.config.max_clips}")
+        x = self.clip_projection(video_feats)  # [B, T, D_v]
+        if masked_clips is not None:
+            x = torch.where(masked_clips[..., None], self.clip_mask_embedding.to(x.dtype), x)
+        positions = torch.arange(num_clips, device=x.device)
+        x = self.visual_dropout(self.visual_norm(x + self.clip_positions(positions)[None]))
+        for layer in self.visual_layers:
+            x = layer(x, video_mask)
+        return x
+
+    def cross_inputs(self, text_h: Tensor, video_h: Tensor) -> tuple[Tensor, Tensor]:
+        """Both towers' outputs at the common width D_c, tagged by modality: text_h [B, L+2, D_t]
+        -> [B, L+2, D_c], video_h [B, T, D_v] -> [B, T, D_c]. Done once per batch, before the
+        rows are paired."""
+        text_c = self.cross_text_projection(text_h) + self.cross_modality.weight[0]
+        video_c = self.cross_video_projection(video_h) + self.cross_modality.weight[1]
+        return text_c, video_c
+
+    def cross_modal(
+        self, text_c: Tensor, text_mask: Tensor, video_c: Tensor, video_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Pairs text_c [P, L+2, D_c] with video_c [P, T, D_c] (masks [P, ·]) -> (MI [P],
+        first output token [P, D_c]). Text comes first, so the first token is BERT's [CLS]."""
+        h = self.cross_norm(torch.cat([text_c, video_c], dim=1))  # [P, L+2+T, D_c]
+        mask = torch.cat([text_mask, video_mask], dim=1)  # [P, L+2+T]
+        for layer in self.cross_layers:
+            h = layer(h, mask)
+        first = h[:, 0]  # [P, D_c]
+        return self.mi_head(first).squeeze(-1), first
+
+    # --- one call for training and inference (objectives call the model, so DDP hooks run) ---
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        video_feats: Tensor,
+        video_mask: Tensor,
+        masked_clips: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+        cross_pairs: Tensor | None = None,
+        **unused: Tensor,
+    ) -> dict[str, Tensor]:
+        """Runs both towers once and the requested heads.
+
+        Always: text_hidden [B, L+2, D_t], text_attention_mask [B, L+2], video_hidden [B, T, D_v].
+        mlm_positions Bool [B, L] -> mlm_logits [M_t, V] at those sentence positions.
+        masked_clips Bool [B, T] -> clip_predictions ê [M_v, D_v] at masked clips (row-major) and
+          clip_targets e [N, D_v] for every valid clip (row-major), unmasked.
+        cross_pairs Long [B, C] (text row paired with video row i; -1 = none) -> cross_scores
+          [B, C] (0 where -1). Without cross_pairs: alignment [B] and pooled [B, D_c] for the
+          diagonal pairs (each video with its own sentence).
+        """
+        text_h, text_attention = self.encode_text(text_ids, text_mask)
+        video_h = self.encode_video(video_feats, video_mask, masked_clips)
+        out = {
+            "text_hidden": text_h,
+            "text_attention_mask": text_attention,
+            "video_hidden": video_h,
+        }
+        if mlm_positions is not None:
+            chosen = text_h[:, 1:-1][mlm_positions]  # [M_t, D_t]; sentence position i is i+1
+            out["mlm_logits"] = self.mlm_head(chosen, self.text.embeddings.word_embeddings.weight)
+        if masked_clips is not None:
+            out["clip_predictions"] = self.context_head(video_h[masked_clips])  # [M_v, D_v]
+            out["clip_targets"] = self.clip_projection(video_feats[video_mask])  # [N, D_v]
+        text_c, video_c = self.cross_inputs(text_h, video_h)
+        if cross_pairs is None:
+            scores, pooled = self.cross_modal(text_c, text_attention, video_c, video_mask)
+            out["alignment"], out["pooled"] = scores, pooled
+        else:
+            valid = cross_pairs >= 0  # [B, C]
+            video_rows = torch.arange(cross_pairs.shape[0], device=cross_pairs.device)
+            video_rows = video_rows[:, None].expand_as(cross_pairs)[valid]  # [P]
+            text_rows = cross_pairs[valid]  # [P]
+            pair_scores, _ = self.cross_modal(
+                text_c[text_rows],  # [P, L+2, D_c]
+                text_attention[text_rows],
+                video_c[video_rows],  # [P, T, D_c]
+                video_mask[video_rows],
+            )  # [P]
+            scores = torch.zeros(
+                cross_pairs.shape, dtype=pair_scores.dtype, device=pair_scores.device
+            )
+            out["cross_scores"] = scores.masked_scatter(valid, pair_scores)  # [B, C]
+        return out
+
+    # --- VLPreTrainedModel contract ---------------------------------------------------------
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """text [B, L, D_t] (BERT, text only), video [B, T, D_v], pooled [B, D_c] (cross-modal
+        first token of each video with its own sentence)."""
+        out = self(**batch)
+        return {
+            "text": out["text_hidden"][:, 1:-1],
+            "video": out["video_hidden"],
+            "pooled": out["pooled"],
+        }
+
+    def alignment_logits(self, batch: Batch) -> Tensor:
+        """[B] MI(x_i, y_i) score of each video with its own sentence."""
+        return self(**batch)["alignment"]
+
+    def masked_text_logits(self, batch: Batch) -> Tensor:
+        """[B, L, V] BERT MLM logits. CBT's text tower never sees the video (methods.md 2.1),
+        so these depend on the text alone."""
+        text_h, _ = self.encode_text(batch["text_ids"], batch["text_mask"])
+        return self.mlm_head(text_h[:, 1:-1], self.text.embeddings.word_embeddings.weight)
+
+
+def sample_cross_pairs(video_ids: Tensor, eligible: Tensor, max_negatives: int = 0) -> Tensor:
+    """Candidate sentences per video for L_cross: column 0 its own, then sentences of *other*
+    videos (methods.md 2.1: negatives are ASR sentences from other videos in the minibatch).
+
+    video_ids Long [B], eligible Bool [B] (rows with both text and clips). Returns Long [B, 1+K]
+    of text rows, -1 where empty; K = B-1, or `max_negatives` sampled with the torch RNG when > 0.
+    Ineligible rows get -1 everywhere.
+    """
+    batch = video_ids.shape[0]
+    other_video = video_ids[:, None] != video_ids[None, :]  # [B, B]
+    allowed = other_video & eligible[:, None] & eligible[None, :]  # [B, B]
+    k = batch - 1 if max_negatives <= 0 else min(max_negatives, batch - 1)
+    # Random scores, disallowed at -1, so top-k picks k random allowed columns when available.
+    scores = torch.rand(batch, batch, device=video_ids.device).masked_fill(~allowed, -1.0)
+    top_scores, top_rows = scores.topk(k, dim=1)  # [B, K]
+    negatives = torch.where(top_scores >= 0, top_rows, -1)  # [B, K]
+    own = torch.where(eligible, torch.arange(batch, device=video_ids.device), -1)  # [B]
+    return torch.cat([own[:, None], negatives], dim=1)  # [B, 1+K]
+
+
+class CBTObjective:
+    """`w_bert·L_bert + w_visual·L_visual + w_cross·L_cross` (methods.md 2.1).
+
+    Loss weights are not given by the paper (methods.md 9); the paper may have frozen BERT
+    (w_bert = 0, unverified). Masks and negatives are drawn with the torch global RNG. One
+    forward pass serves all three terms: L_cross scores the masked inputs, as ViLBERT does.
+    """
+
+    def __init__(
+        self,
+        w_bert: float = 1.0,
+        w_visual: float = 1.0,
+        w_cross: float = 1.0,
+        text_mask_prob: float = 0.15,  # BERT default (methods.md 1.4)
+        clip_mask_prob: float = 0.15,
+    ) -> None:
+        self.w_bert = w_bert
+        self.w_visual = w_visual
+        self.w_cross = w_cross
+        self.text_mask_prob = text_mask_prob
+        self.clip_mask_prob = clip_mask_prob
+
+    def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
+        core = getattr(model, "module", model)  # config of a DDP-wrapped model
+        cfg = core.config
+        text_ids, text_mask = batch["text_ids"], batch["text_mask"]
+        video_mask = batch["video_mask"]
+        masked_ids, text_labels = mask_tokens(
+            text_ids, text_mask, cfg.mask_token_id, core.text.config.vocab_size, self.text_mask_prob
+        )
+        # mask_tokens only chooses here (its 80/10/10 ids are discarded): every chosen clip is
+        # replaced by the learned mask vector.
+        _, clip_labels = mask_tokens(
+            torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, self.clip_mask_prob
+        )
+        masked_clips = clip_labels >= 0  # [B, T]
+        eligible = text_mask.any(1) & video_mask.any(1)  # [B]
+        pairs = sample_cross_pairs(batch["video_ids"], eligible, cfg.cross_max_negatives)
+        out = model(
+            text_ids=masked_ids,
+            text_mask=text_mask,
+            video_feats=batch["video_feats"],
+            video_mask=video_mask,
+            masked_clips=masked_clips,
+            mlm_positions=text_labels >= 0,
+            cross_pairs=pairs,
+        )
+        mlm_logits = out["mlm_logits"]  # [M_t, V]
+        if mlm_logits.shape[0]:
+            loss_bert = F.cross_entropy(mlm_logits.float(), text_labels[text_labels >= 0])
+        else:
+            loss_bert = mlm_logits.sum() * 0.0
+        # Position of each masked clip in the row-major list of valid clips (its own target).
+        valid_index = torch.cumsum(video_mask.flatten().long(), 0) - 1  # [B*T]
+        positive_index = valid_index[masked_clips.flatten()]  # [M_v]
+        loss_visual = nce_with_pool_negatives(
+            out["clip_predictions"].float(),
+            out["clip_targets"].float(),
+            positive_index,
+            cfg.nce_temperature,
+            cfg.nce_max_negatives,
+        )
+        scores = out["cross_scores"].float()  # [B, 1+K]
+        anchors = (pairs[:, 0] >= 0) & (pairs[:, 1:] >= 0).any(1)  # own sentence + a negative
+        loss_cross = nce_loss(scores[anchors, 0], scores[anchors, 1:], pairs[anchors, 1:] >= 0)
+        loss = self.w_bert * loss_bert + self.w_visual * loss_visual + self.w_cross * loss_cross
+        return {
+            "loss": loss,
+            "loss_bert": loss_bert.detach(),
+            "loss_visual": loss_visual.detach(),
+            "loss_cross": loss_cross.detach(),
+        }

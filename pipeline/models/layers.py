@@ -1,0 +1,298 @@
+"""Small typed building blocks composed by the CBT and two-stream (ViLBERT) models.
+
+Legend (as in `pipeline.models.base`): B batch, T clips, L text tokens, D width, S learned tokens,
+N any sequence length, P = h*w spatial positions of one clip's feature map.
+
+Masks follow one convention everywhere: a Bool key mask [B, N] is True on real positions. It is
+turned into an additive bias with `finfo.min` (not -inf) so that a row whose keys are all padded
+yields finite (ignored) values instead of NaN, while real rows are exact: exp(min - max) == 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel
+from transformers import initialization as init
+
+
+def key_padding_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool [B, N] (True = real key) -> additive attention bias [B, 1, 1, N] in `dtype`."""
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    bias = bias.masked_fill(~key_mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]  # [B, 1, 1, N]: broadcast over heads and queries
+
+
+def add_cls_sep(
+    text_ids: Tensor, text_mask: Tensor, cls_id: int, sep_id: int, pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Frame a padded segment batch as BERT input: `[CLS] tokens [SEP] pad...`.
+
+    text_ids Long [B, L] and text_mask Bool [B, L] with the real tokens first (the segment batch
+    contract). Returns ids [B, L+2] and mask [B, L+2]; token i of the sentence sits at i+1, so
+    outputs[:, 1:L+1] line up with `text_ids`. Raises ValueError if a mask is not a prefix.
+    """
+    batch, length = text_ids.shape
+    lengths = text_mask.sum(1)  # [B]
+    positions = torch.arange(length, device=text_ids.device)
+    if not torch.equal(text_mask, positions[None, :] < lengths[:, None]):
+        raise ValueError("text_mask must mark a prefix of each row (real tokens first)")
+    cls = torch.full((batch, 1), cls_id, dtype=text_ids.dtype, device=text_ids.device)
+    pad = torch.full((batch, 1), pad_id, dtype=text_ids.dtype, device=text_ids.device)
+    ids = torch.cat([cls, torch.where(text_mask, text_ids, pad_id), pad], dim=1)  # [B, L+2]
+    rows = torch.arange(batch, device=text_ids.device)
+    ids[rows, lengths + 1] = sep_id
+    mask = torch.arange(length + 2, device=text_ids.device)[None, :] <= (lengths + 1)[:, None]
+    return ids, mask  # [B, L+2] each
+
+
+class MLP(nn.Module):
+    """Linear -> activation -> dropout -> Linear. [..., in_dim] -> [..., out_dim]."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(x))))
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention whose queries and keys may come from different streams.
+
+    query [B, Nq, query_dim], context [B, Nk, context_dim], key_mask Bool [B, Nk] (True = real).
+    Returns the per-head contexts concatenated, [B, Nq, hidden_dim], *without* an output
+    projection: the caller owns it (BertSelfOutput / BertBiOutput, methods.md 3.3).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        hidden_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim {hidden_dim} is not a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.query = nn.Linear(query_dim, hidden_dim)
+        self.key = nn.Linear(context_dim, hidden_dim)
+        self.value = nn.Linear(context_dim, hidden_dim)
+        self.dropout = dropout
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        # [B, N, H*Dh] -> [B, N, H, Dh] -> [B, H, N, Dh]
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query: Tensor, context: Tensor, key_mask: Tensor) -> Tensor:
+        q = self._split_heads(self.query(query))  # [B, H, Nq, Dh]
+        k = self._split_heads(self.key(context))  # [B, H, Nk, Dh]
+        v = self._split_heads(self.value(context))  # [B, H, Nk, Dh]
+        bias = key_padding_bias(key_mask, q.dtype)  # [B, 1, 1, Nk]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
+        )  # [B, H, Nq, Dh]
+        batch, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(batch, length, -1)  # [B, Nq, H*Dh]
+
+
+class FeedForward(nn.Module):
+    """BERT intermediate + output: LN(x + dropout(W2 gelu(W1 x))). [B, N, D] -> [B, N, D]."""
+
+    def __init__(self, dim: int, intermediate_dim: int, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.mlp = MLP(dim, intermediate_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.dropout(self.mlp(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Post-LN BERT encoder layer (self-attention + feed-forward) with a key padding mask.
+
+    x [B, N, D], mask Bool [B, N] -> [B, N, D]. Padded positions are computed but never attended to.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        intermediate_dim: int,
+        dropout: float = 0.1,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(dim, dim, dim, num_heads, dropout)
+        self.attention_output = nn.Linear(dim, dim)
+        self.attention_norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = FeedForward(dim, intermediate_dim, dropout, eps)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        context = self.attention(x, x, mask)  # [B, N, D]
+        x = self.attention_norm(x + self.dropout(self.attention_output(context)))
+        return self.feed_forward(x)
+
+
+class CrossAttentionHalf(nn.Module):
+    """One direction of a co-attention layer: `own` stream queries attend to the `other` stream.
+
+    This is one half of BertBiAttention + BertBiOutput + the stream's own FFN (methods.md 3.3):
+    own = LN(own + dense(softmax(Q_own K_otherᵀ/√d + mask_other) V_other)); own = FFN(own).
+    own [B, No, own_dim], other [B, Nt, other_dim], other_mask Bool [B, Nt] -> [B, No, own_dim].
+    """
+
+    def __init__(
+        self,
+        own_dim: int,
+        other_dim: int,
+        bi_hidden: int,
+        num_heads: int,
+        intermediate_dim: int,
+        dropout: float = 0.1,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(own_dim, other_dim, bi_hidden, num_heads, dropout)
+        self.output = nn.Linear(bi_hidden, own_dim)  # dense1 / dense2 of BertBiOutput
+        self.norm = nn.LayerNorm(own_dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = FeedForward(own_dim, intermediate_dim, dropout, eps)
+
+    def forward(self, own: Tensor, other: Tensor, other_mask: Tensor) -> Tensor:
+        context = self.attention(own, other, other_mask)  # [B, No, bi_hidden]
+        own = self.norm(own + self.dropout(self.output(context)))
+        return self.feed_forward(own)
+
+
+class CoAttentionLayer(nn.Module):
+    """Co-TRM (methods.md 3.3, `BertConnectionLayer`): each stream attends to the other's keys.
+
+    Both directions read the *input* states of the other stream (the reference computes both
+    contexts before either stream is updated). Stream a [B, Na, dim_a] with mask [B, Na], stream b
+    [B, Nb, dim_b] with mask [B, Nb]; returns (a' [B, Na, dim_a], b' [B, Nb, dim_b]). In ViLBERT
+    stream a is the text and b the visual stream; the FFN widths follow each stream (text:
+    BERT intermediate, visual: v_intermediate), as in the reference.
+    """
+
+    def __init__(
+        self,
+        dim_a: int,
+        dim_b: int,
+        bi_hidden: int,
+        num_heads: int,
+        intermediate_a: int,
+        intermediate_b: int,
+        dropout: float = 0.1,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.to_a = CrossAttentionHalf(
+            dim_a, dim_b, bi_hidden, num_heads, intermediate_a, dropout, eps
+        )
+        self.to_b = CrossAttentionHalf(
+            dim_b, dim_a, bi_hidden, num_heads, intermediate_b, dropout, eps
+        )
+
+    def forward(
+        self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self.to_a(a, b, b_mask), self.to_b(b, a, a_mask)
+
+
+class TokenLearnerV11(nn.Module):
+    """TokenLearner v1.1 (methods.md 4.2, scenic `TokenLearnerModuleV11`).
+
+    x [N, P, D] (N = B*T clips, P = h*w positions) -> tokens [N, S, D]: S softmax-weighted averages
+    of the *un-normalised* input over space, weights from MLP(LN(x)) (D -> bottleneck -> S, GELU).
+    Because the weights sum to 1 over P, each token lives in the same space and scale as the
+    spatially pooled feature, so the same input projection serves both.
+    """
+
+    def __init__(
+        self, dim: int, num_tokens: int, bottleneck_dim: int = 64, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, bottleneck_dim, num_tokens, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """scenic init: xavier_uniform kernels, normal(std=1e-6) biases."""
+        for linear in (self.mlp.fc1, self.mlp.fc2):
+            init.xavier_uniform_(linear.weight)
+            init.normal_(linear.bias, std=1e-6)
+
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """x [N, P, D] -> spatial weights [N, S, P], each row summing to 1 over P."""
+        logits = self.dropout(self.mlp(self.norm(x)))  # [N, P, S]
+        return logits.transpose(1, 2).softmax(dim=-1)  # [N, S, P]
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = self.attention_weights(x)  # [N, S, P]
+        return torch.einsum("nsp,npd->nsd", weights, x)  # [N, S, D]
+
+
+class TiedMaskedLMHead(nn.Module):
+    """BERT MLM head whose decoder is the word-embedding matrix (BertLMPredictionHead).
+
+    The decoder weight is passed in at call time instead of being tied through HF's
+    `_tied_weights_keys`, so the checkpoint holds it once and loading needs no tying step.
+    h [..., D], embedding_weight [V, D] -> logits [..., V].
+    """
+
+    def __init__(self, dim: int, vocab_size: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, h: Tensor, embedding_weight: Tensor) -> Tensor:
+        h = self.norm(F.gelu(self.dense(h)))
+        return F.linear(h, embedding_weight, self.bias)
+
+
+def load_bert_text_tower(
+    text_model_path: str | Path,
+) -> tuple[BertConfig, dict[str, Tensor], dict[str, int]]:
+    """Read a local HF BERT directory for use as a text tower without a pooler.
+
+    Returns (its BertConfig, its encoder weights without `pooler.*`, {"cls_token_id",
+    "sep_token_id", "mask_token_id", "pad_token_id"} from the directory's tokenizer, so a
+    checkpoint with another vocabulary works). Raises FileNotFoundError if the directory has no
+    config.json, ValueError if it is not BERT or its tokenizer lacks a special token.
+    """
+    path = Path(text_model_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json; expected a local HF BERT directory")
+    text_config = AutoConfig.from_pretrained(path)
+    if text_config.model_type != "bert":
+        raise ValueError(f"{path}: model_type {text_config.model_type!r}, expected 'bert'")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    special_ids = {
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "mask_token_id": tokenizer.mask_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    missing = [name for name, value in special_ids.items() if value is None]
+    if missing:
+        raise ValueError(f"{path}: tokenizer lacks special tokens {missing}")
+    # Loaded with the pooler (as BERT checkpoints are saved) so loading reports nothing unexpected;
+    # the towers here pool themselves, so its weights are dropped.
+    bert = BertModel.from_pretrained(path)
+    weights = {k: v for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
+    return bert.config, weights, special_ids

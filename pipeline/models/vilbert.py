@@ -1,0 +1,462 @@
+"""Two-stream co-attention model after ViLBERT (methods.md 3), with video clips as the regions.
+
+* Text stream: the layers of a BERT checkpoint. Visual stream: its own width D_v over
+  LN(Linear(F -> D_v)(feature) + temporal position), with a prepended IMG token whose feature is
+  the mean of the (masked) clip features (methods.md 3.4; the reference computes it after
+  masking). With `use_token_learner` and a `video_fmap` in the batch, each clip instead gives S
+  TokenLearner v1.1 tokens (methods.md 4.2) from its h x w map: T*S + 1 visual tokens.
+* Co-attention layers (methods.md 3.3) sit at `t_biattention_id` / `v_biattention_id`, with
+  the layout of methods.md 3.2: for each pair (t_id, v_id), run text layers up to t_id and visual
+  layers up to v_id (exclusive), then one Co-TRM; the remaining layers run after the last pair.
+  The reference puts 6 Co-TRMs before text layers 6..11 of BERT-base, i.e. (L-k) plain TRM and
+  then k x (Co-TRM -> TRM). The defaults keep that shape for a 6-layer text tower (MiniLM):
+  text T0 T1 T2 -> Co0 -> T3 -> Co1 -> T4 -> Co2 -> T5, visual Co0 -> V0 -> Co1 -> V1 -> Co2 -> V2.
+* Objectives (methods.md 3.5): masked LM; masked clips (15%; 90% zeroed, 10% kept) predict a
+  soft visual-word distribution (KL), or, without a vocabulary, their own feature by NCE;
+  alignment from pooled_t ⊙ pooled_v with a sentence of another video as negative (p = 0.5).
+
+Legend: B batch, L text tokens (L+2 with [CLS]/[SEP]), T clips, S learned tokens per clip,
+N_v = 1 + T*S visual tokens, F feature width, D_t / D_v stream widths, V visual words.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+
+from pipeline.losses import nce_with_pool_negatives, soft_assignment, soft_target_kl
+from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
+from pipeline.models.layers import (
+    CoAttentionLayer,
+    TiedMaskedLMHead,
+    TokenLearnerV11,
+    TransformerBlock,
+    add_cls_sep,
+    load_bert_text_tower,
+)
+
+
+class ViLBERTConfig(VLConfig):
+    """Two-stream sizes, co-attention placement and visual-target settings."""
+
+    model_type = "vlpipe-vilbert"
+
+    def __init__(
+        self,
+        visual_hidden: int = 384,  # D_v (reference: 1024 beside a 768 text stream)
+        visual_layers: int = 3,  # one visual TRM after each Co-TRM, as in the reference
+        visual_heads: int = 6,
+        visual_intermediate: int = 1536,
+        bi_hidden: int = 384,  # co-attention width (reference: 1024, 8 heads)
+        bi_heads: int = 6,
+        t_biattention_id: list[int] | None = None,  # Co-TRM before these text layers; [3, 4, 5]
+        v_biattention_id: list[int] | None = None,  # ... and before these visual layers; [0, 1, 2]
+        use_token_learner: bool = False,  # S tokens per clip from video_fmap (methods.md 4.2)
+        num_learned_tokens: int = 8,  # S; scenic's EncoderMod default
+        token_learner_bottleneck: int = 64,  # MLP width inside TokenLearner v1.1
+        visual_target_temperature: float = 1.0,  # τ of softmax(-||x - c_k||² / τ), feature units
+        nce_temperature: float = 0.1,  # masked-clip NCE when num_visual_words == 0
+        nce_max_negatives: int = 1024,  # cap on sampled clip negatives; 0 = all
+        hidden_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ) -> None:
+        self.visual_hidden = visual_hidden
+        self.visual_layers = visual_layers
+        self.visual_heads = visual_heads
+        self.visual_intermediate = visual_intermediate
+        self.bi_hidden = bi_hidden
+        self.bi_heads = bi_heads
+        self.t_biattention_id = list(
+            t_biattention_id if t_biattention_id is not None else [3, 4, 5]
+        )
+        self.v_biattention_id = list(
+            v_biattention_id if v_biattention_id is not None else [0, 1, 2]
+        )
+        self.use_token_learner = use_token_learner
+        self.num_learned_tokens = num_learned_tokens
+        self.token_learner_bottleneck = token_learner_bottleneck
+        self.visual_target_temperature = visual_target_temperature
+        self.nce_temperature = nce_temperature
+        self.nce_max_negatives = nce_max_negatives
+        self.hidden_dropout = hidden_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+
+
+def _check_layout(t_ids: list[int], v_ids: list[int], text_layers: int, visual_layers: int) -> None:
+    """Co-TRM ids must pair up and be strictly increasing within each stream's range."""
+    if len(t_ids) != len(v_ids):
+        raise ValueError(f"t_biattention_id {t_ids} and v_biattention_id {v_ids} differ in length")
+    for name, ids, limit in (("t", t_ids, text_layers), ("v", v_ids, visual_layers)):
+        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)) or any(
+            not 0 <= i <= limit for i in ids
+        ):
+            raise ValueError(f"{name}_biattention_id {ids}: need increasing ids in [0, {limit}]")
+
+
+class ViLBERTForPretraining(VLPreTrainedModel):
+    """Text stream (BERT layers) + visual stream + co-attention layers (methods.md 3)."""
+
+    config_class = ViLBERTConfig
+
+    def __init__(self, config: ViLBERTConfig) -> None:
+        super().__init__(config)
+        text_config = BertConfig(**config.text_config)
+        _check_layout(
+            config.t_biattention_id,
+            config.v_biattention_id,
+            text_config.num_hidden_layers,
+            config.visual_layers,
+        )
+        d_t, d_v = text_config.hidden_size, config.visual_hidden
+        eps, dropout = config.layer_norm_eps, config.hidden_dropout
+        self.text = BertModel(text_config, add_pooling_layer=False)
+        # Visual embeddings (methods.md 3.4): position 0 is the IMG token, clip t is t+1.
+        self.clip_projection = nn.Linear(config.feat_dim, d_v)
+        self.clip_positions = nn.Embedding(config.max_clips + 1, d_v)
+        self.visual_norm = nn.LayerNorm(d_v, eps=eps)
+        self.visual_dropout = nn.Dropout(dropout)
+        self.token_learner: TokenLearnerV11 | None = None
+        self.token_slots: nn.Embedding | None = None
+        if config.use_token_learner:
+            self.token_learner = TokenLearnerV11(
+                config.feat_dim, config.num_learned_tokens, config.token_learner_bottleneck
+            )
+            self.token_slots = nn.Embedding(config.num_learned_tokens, d_v)  # which of the S maps
+        self.visual_layers = nn.ModuleList(
+            TransformerBlock(d_v, config.visual_heads, config.visual_intermediate, dropout, eps)
+            for _ in range(config.visual_layers)
+        )
+        self.co_layers = nn.ModuleList(
+            CoAttentionLayer(
+                d_t,
+                d_v,
+                config.bi_hidden,
+                config.bi_heads,
+                text_config.intermediate_size,
+                config.visual_intermediate,
+                dropout,
+                eps,
+            )
+            for _ in config.t_biattention_id
+        )
+        # Heads (methods.md 3.5): MLM tied to the word embeddings; BertImagePredictionHead to the
+        # V visual words (KL) or, without a vocabulary, back to the F-dim feature (NCE).
+        self.mlm_head = TiedMaskedLMHead(d_t, text_config.vocab_size, text_config.layer_norm_eps)
+        clip_out = config.num_visual_words if config.num_visual_words > 0 else config.feat_dim
+        self.clip_head = nn.Sequential(
+            nn.Linear(d_v, d_v), nn.GELU(), nn.LayerNorm(d_v, eps=eps), nn.Linear(d_v, clip_out)
+        )
+        self.text_pooler = nn.Linear(d_t, config.bi_hidden)  # BertTextPooler (+ ReLU)
+        self.visual_pooler = nn.Linear(d_v, config.bi_hidden)  # BertImagePooler (+ ReLU)
+        self.pooled_dropout = nn.Dropout(dropout)
+        self.alignment_head = nn.Linear(config.bi_hidden, 2)  # class 1 = aligned
+        if config.num_visual_words > 0:
+            # Faiss centroids [V, F] for the soft targets; saved with the weights.
+            self.register_buffer("centroids", torch.zeros(config.num_visual_words, config.feat_dim))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # Linear / Embedding / LayerNorm from initializer_range
+        if isinstance(module, TiedMaskedLMHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, TokenLearnerV11):
+            module.reset_parameters()  # scenic's xavier init, after the generic Linear init
+
+    @classmethod
+    def from_text_checkpoint(
+        cls,
+        text_model_path: str | Path,
+        centroids: np.ndarray | Tensor | None = None,
+        **config_kwargs,
+    ) -> ViLBERTForPretraining:
+        """New model whose text stream is the local HF BERT at `text_model_path`.
+
+        centroids [V, F] (the faiss visual vocabulary) enable the KL soft-target objective and
+        set num_visual_words = V; without them the masked-clip objective is NCE.
+        """
+        bert_config, bert_weights, special_ids = load_bert_text_tower(text_model_path)
+        if centroids is not None:
+            centroids = torch.as_tensor(np.asarray(centroids), dtype=torch.float32)
+            if centroids.ndim != 2:
+                raise ValueError(f"centroids must be [V, F], got shape {tuple(centroids.shape)}")
+            config_kwargs["num_visual_words"] = centroids.shape[0]
+            config_kwargs.setdefault("feat_dim", centroids.shape[1])
+            if config_kwargs["feat_dim"] != centroids.shape[1]:
+                raise ValueError(f"centroids of width {centroids.shape[1]} != feat_dim")
+        elif config_kwargs.get("num_visual_words", 0) > 0:
+            raise ValueError("num_visual_words > 0 needs the centroids of the visual vocabulary")
+        config = ViLBERTConfig(text_config=bert_config.to_dict(), **special_ids, **config_kwargs)
+        model = cls(config)
+        model.text.load_state_dict(bert_weights)
+        if centroids is not None:
+            model.centroids.copy_(centroids)
+        return model
+
+    # --- streams ----------------------------------------------------------------------------
+
+    def embed_video(
+        self, video_feats: Tensor, video_mask: Tensor, video_fmap: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, int]:
+        """feats [B, T, F], mask [B, T], optional fmap [B, T, h, w, F] -> visual input
+        [B, N_v, D_v], its mask [B, N_v] and S (tokens per clip; 1 without TokenLearner)."""
+        batch, num_clips, feat_dim = video_feats.shape
+        if num_clips > self.config.max_clips:
+            raise ValueError(f"{num_clips} clips exceed max_clips {self.config.max_clips}")
+        weights = video_mask.to(video_feats.dtype)  # [B, T]
+        count = weights.sum(1, keepdim=True).clamp_min(1.0)  # [B, 1]
+        global_feat = (video_feats * weights[..., None]).sum(1) / count  # [B, F], IMG token
+        learned = self.token_learner is not None and video_fmap is not None
+        if learned:
+            if video_fmap.shape[:2] != video_feats.shape[:2] or video_fmap.shape[-1] != feat_dim:
+                raise ValueError(
+                    f"video_fmap {tuple(video_fmap.shape)} does not match video_feats "
+                    f"{tuple(video_feats.shape)}"
+                )
+            height, width = video_fmap.shape[2:4]
+            maps = video_fmap.reshape(batch * num_clips, height * width, feat_dim)  # [B*T, P, F]
+            tokens = self.token_learner(maps)  # [B*T, S, F]
+            per_clip = tokens.shape[1]
+            clip_tokens = tokens.reshape(batch, num_clips * per_clip, feat_dim)  # [B, T*S, F]
+        else:
+            per_clip = 1
+            clip_tokens = video_feats  # [B, T, F]
+        x = self.clip_projection(torch.cat([global_feat[:, None], clip_tokens], 1))  # [B, N_v, D_v]
+        clip_index = torch.arange(1, num_clips + 1, device=x.device).repeat_interleave(per_clip)
+        positions = torch.cat([clip_index.new_zeros(1), clip_index])  # [N_v]
+        x = x + self.clip_positions(positions)[None]
+        if learned:
+            slots = self.token_slots.weight.repeat(num_clips, 1)  # [T*S, D_v], slot s of clip t
+            x = x + torch.cat([slots.new_zeros(1, slots.shape[1]), slots])[None]
+        x = self.visual_dropout(self.visual_norm(x))
+        real = torch.ones(batch, 1, dtype=torch.bool, device=x.device)
+        mask = torch.cat([real, video_mask.repeat_interleave(per_clip, dim=1)], 1)  # [B, N_v]
+        return x, mask, per_clip
+
+    def run_streams(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        video_feats: Tensor,
+        video_mask: Tensor,
+        video_fmap: Tensor | None = None,
+    ) -> dict[str, Tensor | int]:
+        """Both streams with the co-attention layout of methods.md 3.2.
+
+        Returns text_hidden [B, L+2, D_t], text_attention_mask [B, L+2], visual_hidden
+        [B, N_v, D_v], visual_attention_mask [B, N_v], tokens_per_clip S.
+        """
+        cfg = self.config
+        ids, text_attention = add_cls_sep(
+            text_ids, text_mask, cfg.cls_token_id, cfg.sep_token_id, cfg.pad_token_id
+        )
+        limit = self.text.config.max_position_embeddings
+        if ids.shape[1] > limit:
+            raise ValueError(
+                f"text of {ids.shape[1] - 2} tokens exceeds the BERT limit {limit - 2}"
+            )
+        text = self.text.embeddings(input_ids=ids)  # [B, L+2, D_t]
+        # The BERT layers take the mask in the form their attention implementation wants.
+        bert_mask = create_bidirectional_mask(
+            config=self.text.config, inputs_embeds=text, attention_mask=text_attention
+        )
+        visual, visual_attention, per_clip = self.embed_video(video_feats, video_mask, video_fmap)
+        text_layers, t_done, v_done = self.text.encoder.layer, 0, 0
+
+        def run_text(h: Tensor, start: int, stop: int) -> Tensor:
+            for layer in text_layers[start:stop]:
+                out = layer(h, bert_mask)
+                h = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple
+            return h
+
+        for co_layer, t_id, v_id in zip(
+            self.co_layers, cfg.t_biattention_id, cfg.v_biattention_id, strict=True
+        ):
+            text = run_text(text, t_done, t_id)
+            for layer in self.visual_layers[v_done:v_id]:
+                visual = layer(visual, visual_attention)
+            t_done, v_done = t_id, v_id
+            text, visual = co_layer(text, text_attention, visual, visual_attention)
+        text = run_text(text, t_done, len(text_layers))
+        for layer in self.visual_layers[v_done:]:
+            visual = layer(visual, visual_attention)
+        return {
+            "text_hidden": text,
+            "text_attention_mask": text_attention,
+            "visual_hidden": visual,
+            "visual_attention_mask": visual_attention,
+            "tokens_per_clip": per_clip,
+        }
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        video_feats: Tensor,
+        video_mask: Tensor,
+        video_fmap: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+        masked_clips: Tensor | None = None,
+        **unused: Tensor,
+    ) -> dict[str, Tensor]:
+        """Streams + heads. Adds to `run_streams`: clip_hidden [B, T, D_v] (mean of each clip's
+        S tokens), pooled [B, bi_hidden] (pooled_t ⊙ pooled_v), alignment_logits [B, 2];
+        mlm_logits [M_t, vocab] at mlm_positions Bool [B, L]; clip_predictions [M, V or F] at
+        masked_clips Bool [B, T] (row-major)."""
+        fmap = video_fmap if self.config.use_token_learner else None
+        out = self.run_streams(text_ids, text_mask, video_feats, video_mask, fmap)
+        text_h, visual_h = out["text_hidden"], out["visual_hidden"]
+        batch, num_clips = video_mask.shape
+        per_clip = out.pop("tokens_per_clip")
+        clip_tokens = visual_h[:, 1:].reshape(batch, num_clips, per_clip, -1)  # [B, T, S, D_v]
+        out["clip_hidden"] = clip_tokens.mean(2)  # [B, T, D_v]
+        pooled_t = F.relu(self.text_pooler(text_h[:, 0]))  # [B, bi], [CLS]
+        pooled_v = F.relu(self.visual_pooler(visual_h[:, 0]))  # [B, bi], IMG token
+        out["pooled"] = pooled_t * pooled_v  # fusion "mul" (methods.md 3.5)
+        out["alignment_logits"] = self.alignment_head(self.pooled_dropout(out["pooled"]))
+        if mlm_positions is not None:
+            chosen = text_h[:, 1:-1][mlm_positions]  # [M_t, D_t]; sentence position i is i+1
+            out["mlm_logits"] = self.mlm_head(chosen, self.text.embeddings.word_embeddings.weight)
+        if masked_clips is not None:
+            out["clip_predictions"] = self.clip_head(out["clip_hidden"][masked_clips])
+        return out
+
+    # --- VLPreTrainedModel contract ---------------------------------------------------------
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """text [B, L, D_t], video [B, T, D_v] (per clip), pooled [B, bi_hidden]."""
+        out = self(**batch)
+        return {
+            "text": out["text_hidden"][:, 1:-1],
+            "video": out["clip_hidden"],
+            "pooled": out["pooled"],
+        }
+
+    def alignment_logits(self, batch: Batch) -> Tensor:
+        """[B] log-odds that text i and video i are aligned."""
+        logits = self(**batch)["alignment_logits"]  # [B, 2]
+        return logits[:, 1] - logits[:, 0]
+
+    def masked_text_logits(self, batch: Batch) -> Tensor:
+        """[B, L, vocab] text-stream MLM logits given the video."""
+        text_h = self(**batch)["text_hidden"][:, 1:-1]  # [B, L, D_t]
+        return self.mlm_head(text_h, self.text.embeddings.word_embeddings.weight)
+
+
+def swap_in_other_video_text(
+    text_ids: Tensor, text_mask: Tensor, video_ids: Tensor, eligible: Tensor, prob: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Alignment negatives (methods.md 3.5, `random_cap`): with probability `prob` an eligible
+    row takes the sentence of a random eligible row from another video (never its own video).
+
+    text_ids / text_mask [B, L], video_ids [B], eligible Bool [B]. Returns (ids [B, L],
+    mask [B, L], swapped Bool [B]). Rows with no donor stay aligned.
+    """
+    batch = video_ids.shape[0]
+    donors = (video_ids[:, None] != video_ids[None, :]) & eligible[None, :]  # [B, B]
+    donor = torch.rand(batch, batch, device=video_ids.device).masked_fill(~donors, -1.0).argmax(1)
+    swapped = (torch.rand(batch, device=video_ids.device) < prob) & eligible & donors.any(1)
+    ids = torch.where(swapped[:, None], text_ids[donor], text_ids)  # [B, L]
+    mask = torch.where(swapped[:, None], text_mask[donor], text_mask)  # [B, L]
+    return ids, mask, swapped
+
+
+class ViLBERTObjective:
+    """`w_mlm·L_mlm + w_visual·L_visual + w_align·L_align` (methods.md 3.5; the reference sums
+    them unweighted). As in the reference, the masked terms are computed on every row, the
+    misaligned ones included."""
+
+    def __init__(
+        self,
+        w_mlm: float = 1.0,
+        w_visual: float = 1.0,
+        w_align: float = 1.0,
+        text_mask_prob: float = 0.15,
+        clip_mask_prob: float = 0.15,
+        clip_zero_prob: float = 0.9,  # of the chosen clips, zeroed; the rest kept (random_region)
+        negative_prob: float = 0.5,
+    ) -> None:
+        self.w_mlm = w_mlm
+        self.w_visual = w_visual
+        self.w_align = w_align
+        self.text_mask_prob = text_mask_prob
+        self.clip_mask_prob = clip_mask_prob
+        self.clip_zero_prob = clip_zero_prob
+        self.negative_prob = negative_prob
+
+    def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
+        core = getattr(model, "module", model)  # config and buffers of a DDP-wrapped model
+        cfg = core.config
+        video_feats, video_mask = batch["video_feats"], batch["video_mask"]
+        eligible = batch["text_mask"].any(1) & video_mask.any(1)  # [B]
+        text_ids, text_mask, swapped = swap_in_other_video_text(
+            batch["text_ids"], batch["text_mask"], batch["video_ids"], eligible, self.negative_prob
+        )
+        masked_ids, text_labels = mask_tokens(
+            text_ids, text_mask, cfg.mask_token_id, core.text.config.vocab_size, self.text_mask_prob
+        )
+        # mask_tokens only chooses the clips here; the 90% / 10% split follows random_region.
+        _, clip_labels = mask_tokens(
+            torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, self.clip_mask_prob
+        )
+        chosen = clip_labels >= 0  # [B, T]
+        zeroed = chosen & (torch.rand(chosen.shape, device=chosen.device) < self.clip_zero_prob)
+        feats_in = video_feats.masked_fill(zeroed[..., None], 0.0)
+        fmap = batch.get("video_fmap")
+        if fmap is not None:
+            fmap = fmap.masked_fill(zeroed[:, :, None, None, None], 0.0)
+        out = model(
+            text_ids=masked_ids,
+            text_mask=text_mask,
+            video_feats=feats_in,
+            video_mask=video_mask,
+            video_fmap=fmap,
+            mlm_positions=text_labels >= 0,
+            masked_clips=chosen,
+        )
+        mlm_logits = out["mlm_logits"]  # [M_t, vocab]
+        if mlm_logits.shape[0]:
+            loss_mlm = F.cross_entropy(mlm_logits.float(), text_labels[text_labels >= 0])
+        else:
+            loss_mlm = mlm_logits.sum() * 0.0
+        predictions = out["clip_predictions"].float()  # [M, V] or [M, F]
+        if cfg.num_visual_words > 0:
+            targets = soft_assignment(
+                video_feats[chosen], core.centroids, cfg.visual_target_temperature
+            )  # [M, V], from the unmasked features
+            loss_visual = soft_target_kl(predictions, targets)
+        else:
+            valid_index = torch.cumsum(video_mask.flatten().long(), 0) - 1  # [B*T]
+            loss_visual = nce_with_pool_negatives(
+                predictions,
+                video_feats[video_mask].float(),  # [N, F], every valid clip's own feature
+                valid_index[chosen.flatten()],
+                cfg.nce_temperature,
+                cfg.nce_max_negatives,
+            )
+        logits = out["alignment_logits"][eligible].float()  # [B', 2]
+        aligned = (~swapped[eligible]).long()  # [B']
+        if logits.shape[0]:
+            loss_align = F.cross_entropy(logits, aligned)
+            accuracy = (logits.argmax(1) == aligned).float().mean()
+        else:
+            loss_align = out["alignment_logits"].sum() * 0.0
+            accuracy = loss_align.detach()
+        loss = self.w_mlm * loss_mlm + self.w_visual * loss_visual + self.w_align * loss_align
+        return {
+            "loss": loss,
+            "loss_mlm": loss_mlm.detach(),
+            "loss_visual": loss_visual.detach(),
+            "loss_align": loss_align.detach(),
+            "alignment_accuracy": accuracy,
+        }

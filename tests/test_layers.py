@@ -1,0 +1,207 @@
+"""Building blocks and losses: NCE / KL against their formulas, co-attention streams and masks,
+TokenLearner v1.1 shapes and weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.losses import nce_loss, nce_with_pool_negatives, soft_assignment, soft_target_kl
+from pipeline.models.layers import (
+    CoAttentionLayer,
+    MultiHeadAttention,
+    TokenLearnerV11,
+    TransformerBlock,
+    add_cls_sep,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster than fighting over shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- NCE ------------------------------------------------------------------------------------
+
+
+def test_nce_matches_formula() -> None:
+    positive = torch.randn(5)
+    negatives = torch.randn(5, 7)
+    keep = torch.rand(5, 7) > 0.3
+    keep[0] = False  # a query without negatives contributes log(1) = 0
+    expected = []
+    for m in range(5):
+        denominator = math.exp(positive[m]) + sum(
+            math.exp(negatives[m, k]) for k in range(7) if keep[m, k]
+        )
+        expected.append(-math.log(math.exp(positive[m]) / denominator))
+    got = nce_loss(positive, negatives, keep)
+    assert got.item() == pytest.approx(sum(expected) / 5, rel=1e-5)
+    assert expected[0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_nce_equal_scores_is_log_one_plus_negatives() -> None:
+    for k in (1, 4, 31):
+        score = torch.full((3,), 0.7)
+        got = nce_loss(score, torch.full((3, k), 0.7))
+        assert got.item() == pytest.approx(math.log(1 + k), rel=1e-6)
+
+
+def test_nce_without_queries_is_zero_and_differentiable() -> None:
+    positive = torch.zeros(0, requires_grad=True)
+    got = nce_loss(positive, torch.zeros(0, 3))
+    got.backward()
+    assert got.item() == 0.0
+
+
+def test_pool_nce_matches_direct_computation() -> None:
+    predictions, pool = torch.randn(4, 8), torch.randn(10, 8)
+    positive_index = torch.tensor([0, 3, 3, 9])
+    tau = 0.2
+    cos = torch.nn.functional.cosine_similarity(predictions[:, None], pool[None], dim=-1) / tau
+    expected = torch.stack(
+        [torch.logsumexp(cos[m], 0) - cos[m, positive_index[m]] for m in range(4)]
+    ).mean()
+    got = nce_with_pool_negatives(predictions, pool, positive_index, tau, max_negatives=0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pool_nce_cap_limits_negatives() -> None:
+    # All vectors equal: every score is 1/τ, so the loss is log(1 + #negatives) per query and the
+    # sampled subset of 5 holds 5 negatives, or 4 when the query's own target falls in it.
+    predictions, pool = torch.ones(6, 4), torch.ones(50, 4)
+    got = nce_with_pool_negatives(predictions, pool, torch.arange(6), 0.5, max_negatives=5)
+    assert math.log(5) - 1e-5 <= got.item() <= math.log(6) + 1e-5
+
+
+# --- KL soft targets ------------------------------------------------------------------------
+
+
+def test_soft_assignment_is_softmax_of_negative_squared_distance() -> None:
+    features, centroids = torch.randn(6, 5), torch.randn(9, 5)
+    got = soft_assignment(features, centroids, temperature=2.0)
+    expected = torch.softmax(-(torch.cdist(features, centroids) ** 2) / 2.0, dim=-1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert torch.equal(got.argmax(1), torch.cdist(features, centroids).argmin(1))
+
+
+def test_soft_target_kl_matches_formula() -> None:
+    logits = torch.randn(4, 6)
+    target = torch.softmax(torch.randn(4, 6), -1)
+    log_q = torch.log_softmax(logits, -1)
+    expected = (target * (target.log() - log_q)).sum(-1).mean()
+    assert soft_target_kl(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert soft_target_kl(target.log(), target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# --- attention and co-attention -------------------------------------------------------------
+
+
+def _mask(lengths: list[int], n: int) -> torch.Tensor:
+    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def test_attention_with_all_keys_padded_stays_finite() -> None:
+    attention = MultiHeadAttention(8, 8, 8, 2)
+    x = torch.randn(2, 3, 8)
+    out = attention(x, x, _mask([3, 0], 3))
+    assert torch.isfinite(out).all()
+
+
+def test_transformer_block_ignores_padding() -> None:
+    block = TransformerBlock(16, 4, 32, dropout=0.0).eval()
+    x, mask = torch.randn(2, 5, 16), _mask([5, 3], 5)
+    changed = x.clone()
+    changed[1, 3:] = torch.randn(2, 16) * 100
+    torch.testing.assert_close(block(x, mask)[1, :3], block(changed, mask)[1, :3])
+
+
+def test_co_attention_shapes() -> None:
+    layer = CoAttentionLayer(
+        24, 16, bi_hidden=32, num_heads=4, intermediate_a=48, intermediate_b=20
+    )
+    a, b = layer(
+        torch.randn(3, 7, 24), _mask([7, 2, 5], 7), torch.randn(3, 4, 16), _mask([4, 4, 1], 4)
+    )
+    assert a.shape == (3, 7, 24)
+    assert b.shape == (3, 4, 16)
+
+
+def test_co_attention_respects_padding_masks() -> None:
+    layer = CoAttentionLayer(16, 12, 16, 4, 32, 24, dropout=0.0).eval()
+    a, a_mask = torch.randn(2, 6, 16), _mask([6, 3], 6)
+    b, b_mask = torch.randn(2, 5, 12), _mask([2, 5], 5)
+    a_out, b_out = layer(a, a_mask, b, b_mask)
+    a2, b2 = a.clone(), b.clone()
+    a2[1, 3:] = torch.randn(3, 16) * 50  # padded text positions of row 1
+    b2[0, 2:] = torch.randn(3, 12) * 50  # padded clips of row 0
+    a2_out, b2_out = layer(a2, a_mask, b2, b_mask)
+    torch.testing.assert_close(a_out[a_mask], a2_out[a_mask])
+    torch.testing.assert_close(b_out[b_mask], b2_out[b_mask])
+    # and the real content does matter: changing a real clip changes the other stream
+    b2[0, 0] += 1.0
+    assert not torch.allclose(layer(a2, a_mask, b2, b_mask)[0][0], a2_out[0])
+
+
+def test_co_attention_swapping_streams_and_weights_swaps_outputs() -> None:
+    first = CoAttentionLayer(16, 16, 16, 4, 32, 32, dropout=0.0).eval()
+    second = CoAttentionLayer(16, 16, 16, 4, 32, 32, dropout=0.0).eval()
+    # stream-1 weights into the stream-2 slots and vice versa
+    second.to_a.load_state_dict(first.to_b.state_dict())
+    second.to_b.load_state_dict(first.to_a.state_dict())
+    a, a_mask = torch.randn(2, 5, 16), _mask([5, 2], 5)
+    b, b_mask = torch.randn(2, 5, 16), _mask([3, 5], 5)
+    a_out, b_out = first(a, a_mask, b, b_mask)
+    b_swapped, a_swapped = second(b, b_mask, a, a_mask)
+    torch.testing.assert_close(a_out, a_swapped)
+    torch.testing.assert_close(b_out, b_swapped)
+    # without the weight swap the roles are not interchangeable
+    assert not torch.allclose(first(b, b_mask, a, a_mask)[0], b_out)
+
+
+# --- TokenLearner ---------------------------------------------------------------------------
+
+
+def test_token_learner_shapes_and_weights() -> None:
+    batch, clips, h, w, dim, tokens = 2, 3, 4, 5, 24, 6
+    learner = TokenLearnerV11(dim, tokens, bottleneck_dim=16)
+    x = torch.randn(batch * clips, h * w, dim)  # [B*T, h*w, D]
+    out = learner(x)
+    assert out.shape == (batch * clips, tokens, dim)
+    weights = learner.attention_weights(x)
+    assert weights.shape == (batch * clips, tokens, h * w)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(batch * clips, tokens))
+    assert (weights >= 0).all()
+    torch.testing.assert_close(out, weights @ x)  # convex combinations of the raw features
+
+
+def test_token_learner_of_constant_map_returns_that_feature() -> None:
+    learner = TokenLearnerV11(8, 3)
+    feature = torch.randn(8)
+    out = learner(feature.expand(2, 10, 8))
+    torch.testing.assert_close(out, feature.expand(2, 3, 8))
+
+
+# --- text framing ---------------------------------------------------------------------------
+
+
+def test_add_cls_sep_layout() -> None:
+    ids = torch.tensor([[7, 8, 9], [5, 0, 0], [0, 0, 0]])
+    mask = _mask([3, 1, 0], 3)
+    framed, framed_mask = add_cls_sep(ids, mask, cls_id=101, sep_id=102, pad_id=0)
+    assert framed.tolist() == [[101, 7, 8, 9, 102], [101, 5, 102, 0, 0], [101, 102, 0, 0, 0]]
+    assert framed_mask.sum(1).tolist() == [5, 3, 2]
+
+
+def test_add_cls_sep_rejects_non_prefix_mask() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        add_cls_sep(
+            torch.ones(1, 3, dtype=torch.long), torch.tensor([[True, False, True]]), 1, 2, 0
+        )
