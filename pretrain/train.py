@@ -83,6 +83,8 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
 
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
+        # Accelerate picks gloo multi-process CPU training under torchrun only with cpu=True.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         log_with="tensorboard",
@@ -153,7 +155,13 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     )
     workers = max(0, min(cfg.data.num_workers, len(stream.urls)))
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        # Its own generator: starting the iterator must not consume the global RNG that
+        # load_state just restored (the objectives' masks would shift after a resume).
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
     n_params = sum(p.numel() for p in accelerator.unwrap_model(module).model.parameters())
