@@ -1,8 +1,7 @@
 """Words land in the clip holding their midpoint; sentences span the clips they overlap."""
 
-from data_prep.asr import Sentence, Transcript, Word
-
 from data_prep.align import align, sentence_clip_range, words_per_clip
+from data_prep.asr import Sentence, Transcript, Word
 
 
 def _transcript():

@@ -282,7 +282,12 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
 @pytest.mark.slow
 def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["optim.max_steps=40", "checkpoint_every=10", "keep_checkpoints=2", "data.batch_size=4"]
+    common = [
+        "optim.max_steps=40",
+        "checkpoint_every=10",
+        "keep_checkpoints=2",
+        "data.batch_size=4",
+    ]
     ref = tmp_path / "ref"
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *pretrain_args(setup, ref, *common)],
