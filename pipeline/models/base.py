@@ -9,6 +9,7 @@ One loader, one loop, one checkpoint format for every model (VideoBERT, CBT, two
     text_mask     Bool  [B, L]      True on real tokens (all False for segments without speech)
     video_feats   Float [B, T, F]   S3D clip features (F = 1024)
     video_tokens  Long  [B, T]      visual-word id in [0, V) per clip; -1 where unknown/padded
+                                    (-2 marks a masked clip inside VideoBERT)
     video_mask    Bool  [B, T]      True on real clips
     video_ids     Long  [B]         one id per source video: negatives must come from *other* videos
     video_fmap    Float [B, T, h, w, F]  optional per-clip spatial maps (shards with fmap.npy)

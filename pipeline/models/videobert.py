@@ -1,0 +1,572 @@
+"""VideoBERT (methods.md 1): one BERT over WordPiece tokens and visual words.
+
+Unified vocabulary (what `VideoBERTForPretraining.forward` takes), Vt = text vocab size:
+
+    [0, Vt)          WordPiece ids of the text tower (30522 for bert-base-uncased)
+    [Vt, Vt + V)     visual word v has id Vt + v (V = num_visual_words; 12^4 = 20736 in the paper)
+    Vt + V           `[>]`, the token that joins the text and the video sentence (methods.md 1.3)
+
+It is stored as three tables (BERT's word embedding, a visual-word table of V rows, one learned
+`[>]` vector) rather than one matrix, so the visual rows can be frozen (`requires_grad=False`, as
+the paper freezes them, methods.md 1.3) while the text rows train, and so the text rows keep the
+name and shape a BERT checkpoint loads into. `[CLS]`, `[SEP]` and `[MASK]` are the text tower's.
+
+A row is packed contiguously, real tokens first and padding at the end, so learned positions have
+no gaps: `[CLS] text [>] video [SEP]`, `[CLS] [>] video [SEP]` (no text) or `[CLS] text [SEP]`
+(no video). Segment ids follow BERT's sentence pairs: 0 up to and including `[>]`, 1 after it.
+
+In the segment batch (`pipeline.models.base`), `video_tokens` holds visual-word ids in [0, V);
+`MASKED_VISUAL_WORD` (-2) marks a clip whose token is hidden behind `[MASK]`, and clips that are
+unknown (-1) or outside `video_mask` are left out of the sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel
+from transformers import initialization as init
+from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
+from transformers.utils import ModelOutput
+
+from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
+
+MASKED_VISUAL_WORD = -2  # value in `video_tokens` for "this clip is [MASK]"
+
+
+class VideoBERTConfig(VLConfig):
+    """VLConfig plus the two VideoBERT-specific choices."""
+
+    model_type = "vlpipe-videobert"
+
+    def __init__(
+        self,
+        freeze_visual_embeddings: bool = True,  # the paper freezes the visual rows (methods.md 1.3)
+        tie_visual_decoder: bool = False,  # True: the visual-word softmax reuses the visual rows
+        **kwargs,
+    ) -> None:
+        self.freeze_visual_embeddings = freeze_visual_embeddings
+        self.tie_visual_decoder = tie_visual_decoder
+        super().__init__(**kwargs)
+
+
+def project_centroids(centroids: np.ndarray, width: int, target_std: float) -> Tensor:
+    """Visual-word rows from the faiss centroids: [V, F] -> [V, width] float32.
+
+    The paper's BERT-large has D = F = 1024 and starts from the centroids themselves; narrower
+    towers (384 for MiniLM, 768 for bert-base) need a projection. PCA (centre, keep the `width`
+    directions of largest variance, fixed signs) is linear and deterministic and keeps as much
+    of the distances between centroids, which is what tells visual words apart, as `width`
+    dimensions can. Centering drops the mean of the non-negative S3D features, one shared
+    direction that names no word. One global scale then brings the entries to the std of BERT's
+    word embeddings: S3D activations have a scale of their own, and rows much larger than the
+    position and segment embeddings they are summed with (before the embedding LayerNorm) would
+    drown them; a single scalar keeps the relative variance of the PCA directions. Dimensions beyond min(V, F) are zero.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] == 0 or not np.isfinite(c).all():
+        raise ValueError(f"centroids must be a finite [V, F] array, got shape {c.shape}")
+    c = c - c.mean(0)
+    if c.shape[1] != width:
+        cov = c.T @ c / max(c.shape[0] - 1, 1)  # [F, F]
+        _, eigvec = np.linalg.eigh(cov)  # ascending eigenvalues
+        basis = eigvec[:, ::-1][:, :width]  # [F, k], k = min(F, width)
+        # eigh's signs are arbitrary: make each direction's largest entry positive.
+        peak = basis[np.abs(basis).argmax(0), np.arange(basis.shape[1])]
+        basis = basis * np.where(peak < 0, -1.0, 1.0)
+        c = c @ basis  # [V, k]
+        c = np.pad(c, ((0, 0), (0, width - c.shape[1])))  # [V, width]
+    std = c.std()
+    if std > 0:
+        c = c * (target_std / std)
+    return torch.from_numpy(c.astype(np.float32))
+
+
+@dataclass
+class VideoBERTOutput(ModelOutput):
+    last_hidden_state: Tensor | None = None  # [B, N, D]
+    pooler_output: Tensor | None = None  # [B, D], BERT's pooler (dense + tanh) on [CLS]
+
+
+@dataclass
+class PackedInputs:
+    """One packed sequence per row; indices map the segment batch's slots into it."""
+
+    input_ids: Tensor  # Long [B, N], unified ids, pad id after the row's [SEP]
+    attention_mask: Tensor  # Long [B, N], 1 on real tokens
+    token_type_ids: Tensor  # Long [B, N], 0 text side, 1 video side
+    text_index: Tensor  # Long [B, L], position of each text slot (0 where left out)
+    text_kept: Tensor  # Bool [B, L]
+    video_index: Tensor  # Long [B, T], position of each clip (0 where left out)
+    video_kept: Tensor  # Bool [B, T]
+
+
+def gather_positions(hidden: Tensor, index: Tensor) -> Tensor:
+    """hidden [B, N, D], index [B, K] -> [B, K, D]."""
+    return hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+class VideoBERTForPretraining(VLPreTrainedModel):
+    """BERT with visual-word rows, a tied text MLM head, a visual-word head and an alignment head.
+
+    Heads: text MLM = BERT's transform + decoder tied to the text word embeddings (+ bias);
+    video = its own transform + decoder over V; alignment = one logit from BERT's pooler on the
+    final [CLS] (methods.md 1.4). The video decoder is a free [V, D] matrix by default: BERT
+    ties its softmax to input rows that train, but VideoBERT's visual rows are frozen, and a
+    softmax tied to frozen rows is a fixed prototype classifier whose logit scale only the
+    transform can change. Overfitting one batch of the tiny test model for 200 steps, video
+    MLM (mean of the first / last 20 steps) went 3.75 -> 3.27 tied to the frozen rows and
+    3.53 -> 1.99 untied. `tie_visual_decoder`
+    restores the tie (saves V * D parameters; nearby clusters then score alike).
+    Decoders are tied functionally (`F.linear` with the embedding matrix), so there is no second
+    copy to keep in sync on save/load; `resize_token_embeddings` is not supported.
+    """
+
+    config_class = VideoBERTConfig
+    config: VideoBERTConfig
+    base_model_prefix = "videobert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: VideoBERTConfig) -> None:
+        super().__init__(config)
+        if config.num_visual_words <= 0:
+            raise ValueError(f"num_visual_words must be > 0, got {config.num_visual_words}")
+        text_config = BertConfig.from_dict(config.text_config or {})
+        width = text_config.hidden_size
+        self.text_vocab_size = text_config.vocab_size
+        self.join_token_id = text_config.vocab_size + config.num_visual_words  # `[>]`
+        self.bert = BertModel(text_config, add_pooling_layer=True)
+        self.visual_word_embeddings = nn.Embedding(config.num_visual_words, width)
+        self.join_embedding = nn.Parameter(torch.empty(width))
+        self.text_head_transform = BertPredictionHeadTransform(text_config)
+        self.text_head_bias = nn.Parameter(torch.zeros(text_config.vocab_size))
+        self.video_head_transform = BertPredictionHeadTransform(text_config)
+        self.video_head_bias = nn.Parameter(torch.zeros(config.num_visual_words))
+        self.video_head_decoder = (
+            None if config.tie_visual_decoder else nn.Linear(width, config.num_visual_words, False)
+        )
+        self.alignment_head = nn.Linear(width, 1)
+        self.post_init()
+        self.visual_word_embeddings.weight.requires_grad_(not config.freeze_visual_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> VideoBERTForPretraining:
+        """`PreTrainedModel.from_pretrained`, re-freezing the visual rows.
+
+        Loading swaps in new Parameters with requires_grad=True (transformers 5), which would
+        let an optimizer built from `requires_grad` parameters train the frozen rows.
+        """
+        model = super().from_pretrained(*args, **kwargs)
+        model.visual_word_embeddings.weight.requires_grad_(
+            not model.config.freeze_visual_embeddings
+        )
+        return model
+
+    def visual_rows(self) -> Tensor:
+        """[V, D] visual-word table, cut from the graph when frozen (whatever requires_grad says)."""
+        weight = self.visual_word_embeddings.weight
+        return weight.detach() if self.config.freeze_visual_embeddings else weight
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # BertModel initialises itself; this covers the visual table and the heads.
+        std = self.config.text_config.get("initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif module is self:
+            init.normal_(self.join_embedding, mean=0.0, std=std)
+            init.zeros_(self.text_head_bias)
+            init.zeros_(self.video_head_bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    @classmethod
+    def from_text_checkpoint(
+        cls,
+        text_model_path: str,
+        num_visual_words: int,
+        centroids: np.ndarray | None,
+        **config_overrides,
+    ) -> VideoBERTForPretraining:
+        """VideoBERT initialised from a local HuggingFace BERT directory (methods.md 1.5).
+
+        Loads the encoder (and pooler) with `BertModel.from_pretrained`; BERT's MLM transform and
+        bias and its NSP classifier (as the alignment logit, is-next minus not-next) too when the
+        checkpoint has them. Special ids come from the tokenizer in that directory unless
+        `config_overrides` sets them. `[>]` starts as a copy of `[SEP]`, the separator the text
+        tower already knows. Visual rows come from `centroids` [V, F] via `project_centroids`,
+        else normal init. Raises FileNotFoundError / ValueError naming the path.
+        """
+        path = Path(text_model_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json, not a HuggingFace model directory")
+        text_config = AutoConfig.from_pretrained(path)
+        if not isinstance(text_config, BertConfig):
+            raise ValueError(f"{path}: model_type {text_config.model_type!r} is not a BERT")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        special = {
+            "cls_token_id": tokenizer.cls_token_id,
+            "sep_token_id": tokenizer.sep_token_id,
+            "mask_token_id": tokenizer.mask_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if None in special.values():
+            raise ValueError(f"{path}: tokenizer lacks a special token: {special}")
+        if centroids is not None:
+            centroids = np.asarray(centroids)
+            if centroids.ndim != 2 or centroids.shape[0] != num_visual_words:
+                raise ValueError(
+                    f"centroids of shape {centroids.shape} do not match "
+                    f"num_visual_words={num_visual_words}"
+                )
+            config_overrides.setdefault("feat_dim", int(centroids.shape[1]))
+        config = VideoBERTConfig(
+            text_config=text_config.to_dict(),
+            num_visual_words=num_visual_words,
+            **{**special, **config_overrides},
+        )
+        model = cls(config)
+        model.bert.load_state_dict(BertModel.from_pretrained(path).state_dict())
+        model._load_pretraining_heads(path)
+        with torch.no_grad():
+            word = model.bert.embeddings.word_embeddings.weight
+            model.join_embedding.copy_(word[config.sep_token_id])
+            if centroids is not None:
+                rows = project_centroids(centroids, word.shape[1], float(word.std()))
+                model.visual_word_embeddings.weight.copy_(rows)
+        return model
+
+    @torch.no_grad()
+    def _load_pretraining_heads(self, path: Path) -> None:
+        """Copy `cls.predictions.*` / `cls.seq_relationship.*` of a BertForPreTraining checkpoint."""
+        if (path / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(path / "model.safetensors")
+        elif (path / "pytorch_model.bin").is_file():
+            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            return
+        # Old TF-converted checkpoints name LayerNorm parameters gamma / beta.
+        state = {
+            k.replace(".gamma", ".weight").replace(".beta", ".bias"): v for k, v in state.items()
+        }
+        prefix = "cls.predictions.transform."
+        transform = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if transform:
+            self.text_head_transform.load_state_dict(transform)
+        if "cls.predictions.bias" in state:
+            self.text_head_bias.copy_(state["cls.predictions.bias"])
+        if "cls.seq_relationship.weight" in state:
+            # NSP label 0 is "B follows A"; its margin over label 1 is an alignment logit.
+            weight, bias = state["cls.seq_relationship.weight"], state["cls.seq_relationship.bias"]
+            self.alignment_head.weight.copy_((weight[0] - weight[1])[None])
+            self.alignment_head.bias.copy_((bias[0] - bias[1])[None])
+
+    def pack_inputs(
+        self, text_ids: Tensor, text_mask: Tensor, video_tokens: Tensor, video_mask: Tensor
+    ) -> PackedInputs:
+        """Build `[CLS] text [>] video [SEP]` rows, packed left, from segment-batch fields.
+
+        text_ids / text_mask [B, L] (WordPiece, may hold [MASK]); video_tokens / video_mask [B, T]
+        (visual ids, or MASKED_VISUAL_WORD). Raises ValueError when a row exceeds BERT's positions.
+        """
+        batch, text_len = text_ids.shape
+        device = text_ids.device
+        video_kept = video_mask & ((video_tokens >= 0) | (video_tokens == MASKED_VISUAL_WORD))
+        text_kept = text_mask.bool()
+        has_video = video_kept.any(1, keepdim=True)  # [B, 1]: whether the row has `[>]`
+        always = torch.ones((batch, 1), dtype=torch.bool, device=device)
+        keep = torch.cat([always, text_kept, has_video, video_kept, always], 1)  # [B, S]
+
+        def column(value: int) -> Tensor:
+            return torch.full((batch, 1), value, dtype=torch.long, device=device)
+
+        video_unified = torch.where(
+            video_tokens == MASKED_VISUAL_WORD,
+            self.config.mask_token_id,
+            video_tokens + self.text_vocab_size,
+        )
+        slot_ids = torch.cat(
+            [column(self.config.cls_token_id), text_ids, column(self.join_token_id)]
+            + [video_unified, column(self.config.sep_token_id)],
+            1,
+        )  # [B, S], S = L + T + 3
+        slot_types = torch.cat(
+            [torch.zeros_like(slot_ids[:, : text_len + 2]), torch.ones_like(video_tokens)]
+            + [has_video.long()],
+            1,
+        )  # BERT pairs: [CLS] A [SEP] is segment 0, B [SEP] segment 1
+        position = keep.cumsum(1) - 1  # [B, S] packed position of every kept slot
+        lengths = position[:, -1] + 1  # [SEP] is always kept
+        seq_len = int(lengths.max())
+        limit = self.bert.config.max_position_embeddings
+        if seq_len > limit:
+            raise ValueError(f"packed sequence of {seq_len} tokens exceeds BERT's {limit}")
+        # Dropped slots land in a spill column seq_len, cut off below.
+        target = torch.where(keep, position, seq_len)
+        input_ids = torch.full((batch, seq_len + 1), self.config.pad_token_id, device=device)
+        input_ids = input_ids.scatter(1, target, slot_ids)[:, :seq_len]
+        token_type_ids = torch.zeros((batch, seq_len + 1), dtype=torch.long, device=device)
+        token_type_ids = token_type_ids.scatter(1, target, slot_types)[:, :seq_len]
+        attention_mask = (torch.arange(seq_len, device=device) < lengths[:, None]).long()
+        text_slots = position[:, 1 : text_len + 1]
+        video_slots = position[:, text_len + 2 : -1]
+        return PackedInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            text_index=torch.where(text_kept, text_slots, 0),
+            text_kept=text_kept,
+            video_index=torch.where(video_kept, video_slots, 0),
+            video_kept=video_kept,
+        )
+
+    def embed_unified_ids(self, input_ids: Tensor) -> Tensor:
+        """Unified ids [B, N] -> word embeddings [B, N, D] (before positions and segments)."""
+        text_rows = self.bert.embeddings.word_embeddings(
+            input_ids.clamp(0, self.text_vocab_size - 1)
+        )
+        visual_ids = (input_ids - self.text_vocab_size).clamp(0, self.config.num_visual_words - 1)
+        visual_rows = F.embedding(visual_ids, self.visual_rows())
+        is_text = (input_ids < self.text_vocab_size).unsqueeze(-1)
+        is_visual = (input_ids < self.join_token_id).unsqueeze(-1) & ~is_text
+        join = self.join_embedding.to(text_rows.dtype).expand_as(text_rows)
+        return torch.where(is_text, text_rows, torch.where(is_visual, visual_rows, join))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor,
+        position_ids: Tensor | None = None,
+    ) -> VideoBERTOutput:
+        """Unified ids [B, N] (see module doc) -> hidden [B, N, D] and pooled [CLS] [B, D]."""
+        out = self.bert(
+            inputs_embeds=self.embed_unified_ids(input_ids),
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+        )
+        return VideoBERTOutput(out.last_hidden_state, out.pooler_output)
+
+    def text_logits(self, hidden: Tensor) -> Tensor:
+        """[..., D] -> [..., Vt] WordPiece logits (decoder tied to the text word embeddings)."""
+        weight = self.bert.embeddings.word_embeddings.weight
+        return F.linear(self.text_head_transform(hidden), weight, self.text_head_bias)
+
+    def video_logits(self, hidden: Tensor) -> Tensor:
+        """[..., D] -> [..., V] visual-word logits."""
+        weight = (
+            self.visual_rows()
+            if self.video_head_decoder is None
+            else self.video_head_decoder.weight
+        )
+        return F.linear(self.video_head_transform(hidden), weight, self.video_head_bias)
+
+    def _run(self, batch: Batch) -> tuple[PackedInputs, VideoBERTOutput]:
+        packed = self.pack_inputs(
+            batch["text_ids"], batch["text_mask"], batch["video_tokens"], batch["video_mask"]
+        )
+        return packed, self(packed.input_ids, packed.attention_mask, packed.token_type_ids)
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """text [B, L, D], video [B, T, D] (zero where left out), pooled [B, D]."""
+        packed, out = self._run(batch)
+        hidden = out.last_hidden_state
+        text = gather_positions(hidden, packed.text_index) * packed.text_kept.unsqueeze(-1)
+        video = gather_positions(hidden, packed.video_index) * packed.video_kept.unsqueeze(-1)
+        return {"text": text, "video": video, "pooled": out.pooler_output}
+
+    def alignment_logits(self, batch: Batch) -> Tensor:
+        """[B] logit that the row's sentence and clips are aligned (methods.md 1.4)."""
+        return self.alignment_head(self._run(batch)[1].pooler_output).squeeze(-1)
+
+    def masked_text_logits(self, batch: Batch) -> Tensor:
+        """[B, L, Vt] WordPiece logits per text slot (meaningless on padding).
+
+        `text_ids` may hold [MASK] (zero-shot, methods.md 1.6); an all-False `video_mask` gives
+        the language prior, `[CLS] text [SEP]` alone.
+        """
+        packed, out = self._run(batch)
+        return self.text_logits(gather_positions(out.last_hidden_state, packed.text_index))
+
+    def masked_video_logits(self, batch: Batch) -> Tensor:
+        """[B, T, V] visual-word logits per clip (meaningless where left out).
+
+        `video_tokens` may hold MASKED_VISUAL_WORD at the clips to predict.
+        """
+        packed, out = self._run(batch)
+        return self.video_logits(gather_positions(out.last_hidden_state, packed.video_index))
+
+
+class VideoBERTObjective:
+    """The three VideoBERT regimes mixed in every batch (methods.md 1.4), one forward pass.
+
+    Each row is drawn text-only (masked LM), video-only (masked visual-word prediction) or
+    text-video (masked text + masked video + alignment) with probabilities `p_text_only`,
+    `p_video_only` and the rest; rows without speech are always video-only, rows without clips
+    text-only. Before that, every row keeps every s-th clip, s uniform in 1..max_subsample with a
+    random phase (methods.md 1.2). For `negative_fraction` of the text-video rows the clips are
+    replaced by those of the nearest row (rolling the batch from a random shift) whose video_ids
+    differ; such a row is the alignment negative (methods.md 1.4 leaves the negatives unstated;
+    a sentence from another video is the BERT-NSP default). Masking: `mask_tokens` (15 %,
+    80/10/10), random replacements drawn from WordPiece for text and from the V visual words
+    for clips. All randomness uses torch's global RNG, which Accelerate checkpoints restore.
+
+    The weights and regime probabilities are not given by the paper (methods.md 1.4, 9): the
+    defaults are equal weights and 60 % text-video rows.
+    """
+
+    def __init__(
+        self,
+        w_text: float = 1.0,  # weight of the text masked-LM loss
+        w_video: float = 1.0,  # weight of the masked visual-word loss
+        w_align: float = 1.0,  # weight of the alignment loss
+        mask_prob: float = 0.15,  # BERT's masking rate, text and video alike
+        max_subsample: int = 5,  # clip subsampling rate drawn from 1..max_subsample
+        p_text_only: float = 0.2,  # share of rows in the text-only regime
+        p_video_only: float = 0.2,  # share of rows in the video-only regime
+        negative_fraction: float = 0.5,  # share of text-video rows given another video's clips
+    ) -> None:
+        if min(w_text, w_video, w_align) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if not 0 < mask_prob <= 1 or max_subsample < 1:
+            raise ValueError(
+                f"need 0 < mask_prob <= 1 and max_subsample >= 1, got {mask_prob}, {max_subsample}"
+            )
+        if min(p_text_only, p_video_only) < 0 or p_text_only + p_video_only > 1:
+            raise ValueError("regime probabilities must be >= 0 and sum to <= 1")
+        if not 0 <= negative_fraction <= 1:
+            raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction}")
+        self.w_text, self.w_video, self.w_align = w_text, w_video, w_align
+        self.mask_prob = mask_prob
+        self.max_subsample = max_subsample
+        self.p_text_only, self.p_video_only = p_text_only, p_video_only
+        self.negative_fraction = negative_fraction
+
+    def subsample_clips(self, video_mask: Tensor) -> Tensor:
+        """Bool [B, T] -> Bool [B, T]: each row keeps every s-th real clip, at least one."""
+        batch, device = video_mask.shape[0], video_mask.device
+        rate = torch.randint(1, self.max_subsample + 1, (batch, 1), device=device)
+        rank = video_mask.long().cumsum(1) - 1  # [B, T] index among the row's real clips
+        n_real = video_mask.sum(1, keepdim=True).clamp(min=1)
+        phase = (torch.rand((batch, 1), device=device) * torch.minimum(rate, n_real)).long()
+        return video_mask & (rank >= phase) & ((rank - phase) % rate == 0)
+
+    def negative_donors(self, pair: Tensor, has_video: Tensor, video_ids: Tensor) -> Tensor:
+        """Long [B]: row whose clips row i uses; != i only for the alignment negatives."""
+        batch, device = pair.shape[0], pair.device
+        rows = torch.arange(batch, device=device)
+        if batch < 2:
+            return rows
+        wants = pair & (torch.rand(batch, device=device) < self.negative_fraction)
+        # Shifts 1..B-1 in a cyclic order that starts at a random one; row i tries i + shift.
+        start = torch.randint(batch - 1, (1,), device=device)
+        shifts = 1 + (start + torch.arange(batch - 1, device=device)) % (batch - 1)  # [B-1]
+        donors = (rows[:, None] + shifts[None, :]) % batch  # [B, B-1]
+        usable = has_video[donors] & (video_ids[donors] != video_ids[:, None])  # [B, B-1]
+        first = usable.long().argmax(1)  # first usable shift (0 if none, checked below)
+        found = usable.any(1)
+        return torch.where(wants & found, donors[rows, first], rows)
+
+    def __call__(self, model: VideoBERTForPretraining, batch: Batch) -> dict[str, Tensor]:
+        """Segment batch -> {"loss", "text_mlm", "video_mlm", "align", "align_acc"}.
+
+        "loss" is the weighted sum with its graph; the others are detached for logging. A term
+        with no rows in the batch is 0 (kept in the graph); align_acc is NaN then. `model` may
+        be wrapped (DDP via Accelerate): the encoder runs through the wrapper, the heads on the
+        inner module; every trainable parameter gets a gradient each step, as DDP expects.
+        """
+        core: VideoBERTForPretraining = getattr(model, "module", model)
+        text_ids, text_mask = batch["text_ids"], batch["text_mask"].bool()
+        video_tokens = batch["video_tokens"]
+        video_mask = batch["video_mask"].bool() & (video_tokens >= 0)
+        device = text_ids.device
+        video_mask = self.subsample_clips(video_mask)
+        has_text, has_video = text_mask.any(1), video_mask.any(1)
+
+        draw = torch.rand(text_ids.shape[0], device=device)
+        wants_text_only = draw < self.p_text_only
+        wants_video_only = (draw >= self.p_text_only) & (
+            draw < self.p_text_only + self.p_video_only
+        )
+        use_text = has_text & ~(wants_video_only & has_video)
+        use_video = has_video & ~(wants_text_only & has_text)
+        pair = use_text & use_video
+
+        donor = self.negative_donors(pair, has_video, batch["video_ids"])
+        negative = donor != torch.arange(donor.shape[0], device=device)
+        clip_tokens = video_tokens[donor]
+        clip_mask = video_mask[donor] & use_video[:, None]
+        word_mask = text_mask & use_text[:, None]
+
+        # Negatives are masked like positives, or "has [MASK]" would give their label away; their
+        # MLM terms are dropped because the other modality is the wrong context to predict from.
+        masked_text, text_labels = mask_tokens(
+            text_ids, word_mask, core.config.mask_token_id, core.text_vocab_size, self.mask_prob
+        )
+        masked_clips, clip_labels = mask_tokens(
+            clip_tokens,
+            clip_mask,
+            MASKED_VISUAL_WORD,
+            core.config.num_visual_words,
+            self.mask_prob,
+        )
+        text_labels[negative] = -100
+        clip_labels[negative] = -100
+
+        packed = core.pack_inputs(masked_text, word_mask, masked_clips, clip_mask)
+        out = model(packed.input_ids, packed.attention_mask, packed.token_type_ids)
+        hidden = out.last_hidden_state  # [B, N, D]
+
+        # Decode only the masked slots: [M, D] -> [M, vocab] instead of every position.
+        text_rows, text_cols = (text_labels != -100).nonzero(as_tuple=True)
+        text_hidden = hidden[text_rows, packed.text_index[text_rows, text_cols]]  # [M, D]
+        text_mlm = _mean_cross_entropy(
+            core.text_logits(text_hidden), text_labels[text_rows, text_cols]
+        )
+        clip_rows, clip_cols = (clip_labels != -100).nonzero(as_tuple=True)
+        clip_hidden = hidden[clip_rows, packed.video_index[clip_rows, clip_cols]]  # [M', D]
+        video_mlm = _mean_cross_entropy(
+            core.video_logits(clip_hidden), clip_labels[clip_rows, clip_cols]
+        )
+
+        align_logits = core.alignment_head(out.pooler_output).squeeze(-1)  # [B]
+        aligned = (~negative).float()
+        if pair.any():
+            align = F.binary_cross_entropy_with_logits(align_logits[pair], aligned[pair])
+            align_acc = ((align_logits[pair] > 0).float() == aligned[pair]).float().mean()
+        else:
+            align = align_logits.sum() * 0.0
+            align_acc = torch.tensor(float("nan"), device=device)
+
+        loss = self.w_text * text_mlm + self.w_video * video_mlm + self.w_align * align
+        return {
+            "loss": loss,
+            "text_mlm": text_mlm.detach(),
+            "video_mlm": video_mlm.detach(),
+            "align": align.detach(),
+            "align_acc": align_acc.detach(),
+        }
+
+
+def _mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """logits [M, C], labels [M] -> mean CE; 0 (still in the graph) when M == 0."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels)

