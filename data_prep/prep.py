@@ -226,6 +226,7 @@ class Prep:
                     no_speech_threshold=a.no_speech_threshold,
                     logprob_threshold=a.logprob_threshold,
                     compression_ratio_threshold=a.compression_ratio_threshold,
+                    min_word_prob=a.min_word_prob,
                     max_sentence_words=a.max_sentence_words,
                     device=device.split(":")[0],
                     compute_type=a.compute_type,

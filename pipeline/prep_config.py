@@ -63,6 +63,7 @@ class ASRConfig:
     no_speech_threshold: float = 0.6  # drop a segment whose no_speech_prob is above this...
     logprob_threshold: float = -1.0  # ...or whose avg_logprob is below this (hallucinations)
     compression_ratio_threshold: float = 2.4  # ...or that repeats itself (gzip ratio above this)
+    min_word_prob: float = 0.4  # ...or whose words' mean probability is below this (noise)
     max_sentence_words: int = 30  # fallback sentence split when Whisper gives no punctuation
     compute_type: str = "int8"  # CTranslate2 compute type (int8 on CPU, float16 on GPU)
     device: str = "auto"
