@@ -4,7 +4,8 @@
     -> zero-shot verb/noun classification on the held-out videos, next to chance and the
     language prior -> DIR/report.md + loss_curve.png + the cluster grid.
 
-Overrides: `model=videobert|cbt|vilbert`, and any stage setting prefixed by its stage:
+Overrides: `model=videobert|cbt|vilbert`, `limit=N` (only the first N training videos and
+N/4 held-out ones: a quick smoke run), and any stage setting prefixed by its stage:
 `prep.video.size=224`, `cluster.depth=3`, `pretrain.optim.max_steps=50`.
 """
 
@@ -25,13 +26,18 @@ CORPUS = REPO / "data" / "sample_corpus"
 STAGES = ("prep", "cluster", "pretrain")
 
 
-def split_overrides(overrides: list[str]) -> tuple[str, dict[str, list[str]]]:
-    """`model=cbt prep.video.size=112 ...` -> ("cbt", {"prep": ["video.size=112"], ...})."""
-    model, per_stage = "videobert", {s: [] for s in STAGES}
+def split_overrides(overrides: list[str]) -> tuple[str, int, dict[str, list[str]]]:
+    """`model=cbt limit=8 prep.video.size=112` -> ("cbt", 8, {"prep": ["video.size=112"], ...})."""
+    model, limit, per_stage = "videobert", 0, {s: [] for s in STAGES}
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "model":
             model = value
+            continue
+        if key == "limit":
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"limit: expected a positive integer, got {value!r}")
+            limit = int(value)
             continue
         stage, _, rest = key.partition(".")
         if stage not in per_stage or not rest:
@@ -41,10 +47,10 @@ def split_overrides(overrides: list[str]) -> tuple[str, dict[str, list[str]]]:
         per_stage[stage].append(f"{rest}={value}")
     if model not in ("videobert", "cbt", "vilbert"):
         raise ConfigError(f"model: {model!r} is not one of videobert, cbt, vilbert")
-    return model, per_stage
+    return model, limit, per_stage
 
 
-def write_manifests(out: Path, labels: dict) -> dict[str, Path]:
+def write_manifests(out: Path, labels: dict, limit: int = 0) -> dict[str, Path]:
     """train.jsonl / heldout.jsonl manifests of the corpus videos (held-out never pretrains)."""
     manifests = {}
     for split in ("train", "heldout"):
@@ -53,6 +59,8 @@ def write_manifests(out: Path, labels: dict) -> dict[str, Path]:
             for vid, v in sorted(labels["videos"].items())
             if v["split"] == split
         ]
+        if limit:
+            lines = lines[: limit if split == "train" else max(1, limit // 4)]
         path = out / f"{split}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         manifests[split] = path
@@ -93,7 +101,7 @@ def run_demo(out: Path, overrides: list[str]) -> dict[str, Any]:
     from pipeline.train_config import PretrainConfig
     from pretrain.train import train
 
-    model, per_stage = split_overrides(overrides)
+    model, limit, per_stage = split_overrides(overrides)
     # Validate every config before any work starts.
     prep_cfg = load_config(PrepConfig, REPO / "configs/prep/demo.yaml", per_stage["prep"])
     cluster_cfg = load_config(
@@ -115,7 +123,7 @@ def run_demo(out: Path, overrides: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    manifests = write_manifests(out, labels)
+    manifests = write_manifests(out, labels, limit)
     t0 = time.perf_counter()
     prep_summaries = {}
     for split, manifest in manifests.items():

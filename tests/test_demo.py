@@ -1,0 +1,56 @@
+"""`vlpipe demo` end to end on a slice of the bundled sample corpus (the full run is `make demo`)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main as cli_main
+from pipeline.config import ConfigError
+from pretrain.demo import CORPUS, split_overrides
+
+
+def test_demo_overrides_are_routed_and_checked():
+    model, limit, per = split_overrides(["model=cbt", "limit=4", "prep.video.size=64"])
+    assert (model, limit, per["prep"]) == ("cbt", 4, ["video.size=64"])
+    with pytest.raises(ConfigError, match="model"):
+        split_overrides(["model=gpt"])
+    with pytest.raises(ConfigError, match="prefix"):
+        split_overrides(["video.size=64"])
+
+
+def test_bundled_corpus_is_small_and_labelled():
+    labels = json.loads((CORPUS / "labels.json").read_text())
+    files = [CORPUS / v["file"] for v in labels["videos"].values()]
+    assert all(f.exists() for f in files)
+    assert sum(f.stat().st_size for f in CORPUS.iterdir()) < 6_000_000
+    splits = {v["split"] for v in labels["videos"].values()}
+    assert splits == {"train", "heldout"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["videobert", "cbt", "vilbert"])
+def test_demo_runs_every_stage(tmp_path: Path, model: str):
+    out = tmp_path / "demo"
+    args = [
+        "demo",
+        "--output",
+        str(out),
+        f"model={model}",
+        "limit=6",
+        "pretrain.optim.max_steps=4",
+        "pretrain.data.batch_size=8",
+        "prep.video.size=64",
+        "prep.video.fps=8",
+        "pretrain.optim.warmup_steps=1",
+    ]
+    assert cli_main(args) == 0
+    report = (out / "report.md").read_text()
+    for needle in ("Stage timings", "Visual vocabulary", "Zero-shot", "language prior", "chance"):
+        assert needle in report
+    assert (out / f"loss_curve-{model}.png").stat().st_size > 1000
+    result = json.loads((out / f"zeroshot-{model}.json").read_text())
+    assert result["segments"] > 0 and result["model"] == model
+    for regime in ("cross_modal", "language_prior", "chance"):
+        assert 0 <= result["metrics"][regime]["verb"]["top1"] <= 100
+    assert (out / f"run-{model}" / "model" / "model.safetensors").exists()
