@@ -80,3 +80,16 @@ def test_saved_config_round_trips(tmp_path):
 def test_parse_overrides_types():
     d = parse_overrides(["a.b=1", "a.c=1.5", "a.d=true", "e=hello", "f=[1, 2]"])
     assert d == {"a": {"b": 1, "c": 1.5, "d": True}, "e": "hello", "f": [1, 2]}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from pipeline.cluster_config import ClusterConfig
+
+    cls = {"prep": PrepConfig, "cluster": ClusterConfig, "pretrain": PretrainConfig}[
+        path.parent.name
+    ]
+    overrides = ["data.shards=/x"] if cls is PretrainConfig else []
+    cfg = load_config(cls, path, overrides)
+    if cls is PretrainConfig:
+        assert cfg.model.name in path.name
