@@ -209,7 +209,9 @@ def evaluate_zeroshot(
     verb_t = np.array([q.verb for q in queries])
     noun_t = np.array([q.noun for q in queries])
 
-    method = "masked-lm" if name in ("videobert", "vilbert") else "alignment"
+    # VideoBERT: the paper's [MASK] protocol (1.6); CBT and two-stream: alignment of the video with
+    # every "how to <verb> the <noun>" prompt (issue 4; CBT's text tower never sees the video).
+    method = "masked-lm" if name == "videobert" else "alignment"
     template = labels.get("template", TEMPLATE)
     results: dict[str, dict] = {}
     preds = {}

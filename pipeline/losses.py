@@ -53,16 +53,24 @@ def nce_with_pool_negatives(
     return nce_loss(positive, negatives, not_self)
 
 
-def soft_assignment(features: Tensor, centroids: Tensor, temperature: float) -> Tensor:
+def soft_assignment(
+    features: Tensor, centroids: Tensor, temperature: float, relative: bool = False
+) -> Tensor:
     """Soft visual-word target softmax_k(-||x - c_k||² / τ) (brief for methods.md 3.5).
 
     features [M, F], centroids [V, F] -> probabilities [M, V]. Computed in float32 via the
     expansion ||x||² - 2 x·c + ||c||², which never materialises an [M, V, F] tensor.
+    `relative=True` divides each row's distances by their median first, so τ is unit-free: an
+    absolute τ is meaningless across feature extractors (random-init S3D features are ~1e-3 in
+    scale, where τ = 1 gives a uniform, information-free target).
     """
     x = features.float()
     c = centroids.float()
     sq_dist = (x * x).sum(-1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(-1)[None, :]  # [M, V]
-    return torch.softmax(-sq_dist.clamp_min(0.0) / temperature, dim=-1)
+    sq_dist = sq_dist.clamp_min(0.0)
+    if relative:
+        sq_dist = sq_dist / sq_dist.median(-1, keepdim=True).values.clamp_min(1e-12)
+    return torch.softmax(-sq_dist / temperature, dim=-1)
 
 
 def soft_target_kl(logits: Tensor, target_probs: Tensor) -> Tensor:

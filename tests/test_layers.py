@@ -90,6 +90,10 @@ def test_soft_assignment_is_softmax_of_negative_squared_distance() -> None:
     expected = torch.softmax(-(torch.cdist(features, centroids) ** 2) / 2.0, dim=-1)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert torch.equal(got.argmax(1), torch.cdist(features, centroids).argmin(1))
+    # relative: invariant to the feature scale (the target stays peaked for tiny features)
+    small = soft_assignment(features * 1e-3, centroids * 1e-3, 0.1, relative=True)
+    torch.testing.assert_close(small, soft_assignment(features, centroids, 0.1, relative=True))
+    assert small.max(1).values.min() > 1.5 / 9
 
 
 def test_soft_target_kl_matches_formula() -> None:

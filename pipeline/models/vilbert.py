@@ -61,7 +61,7 @@ class ViLBERTConfig(VLConfig):
         use_token_learner: bool = False,  # S tokens per clip from video_fmap (methods.md 4.2)
         num_learned_tokens: int = 8,  # S; scenic's EncoderMod default
         token_learner_bottleneck: int = 64,  # MLP width inside TokenLearner v1.1
-        visual_target_temperature: float = 1.0,  # τ of softmax(-||x - c_k||² / τ), feature units
+        visual_target_temperature: float = 0.1,  # τ of softmax(-d²_k / (τ · median_k d²)), unit-free
         nce_temperature: float = 0.1,  # masked-clip NCE when num_visual_words == 0
         nce_max_negatives: int = 1024,  # cap on sampled clip negatives; 0 = all
         hidden_dropout: float = 0.1,
@@ -432,7 +432,7 @@ class ViLBERTObjective:
         predictions = out["clip_predictions"].float()  # [M, V] or [M, F]
         if cfg.num_visual_words > 0:
             targets = soft_assignment(
-                video_feats[chosen], core.centroids, cfg.visual_target_temperature
+                video_feats[chosen], core.centroids, cfg.visual_target_temperature, relative=True
             )  # [M, V], from the unmasked features
             loss_visual = soft_target_kl(predictions, targets)
         else:
