@@ -337,3 +337,47 @@ def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
     assert type(model).__name__ == "VideoBERTForPretraining"
     assert (run / "model" / "vocab" / "centroids.npy").exists()
     assert (run / "model" / "tokenizer_config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["cbt", "vilbert"])
+def test_cbt_and_two_stream_run_under_two_processes(setup, tmp_path, model):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = ["model.config.t_biattention_id=[0,1]", "model.config.v_biattention_id=[0,1]"]
+    args = [
+        "pretrain",
+        "--config",
+        str(REPO / f"configs/pretrain/{model}.yaml"),
+        f"data.shards={setup['shards']}",
+        f"data.vocab={setup['vocab']}",
+        f"model.text_model={setup['bert']}",
+        f"output_dir={tmp_path / 'run'}",
+        "data.batch_size=4",
+        "optim.max_steps=3",
+        "optim.warmup_steps=1",
+        "progress=false",
+        *(extra if model == "vilbert" else []),
+    ]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pipeline.cli",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(losses(tmp_path / "run")) == 3
+    from pipeline.models import load_pretrained, model_name_of
+
+    assert model_name_of(tmp_path / "run" / "model") == model
+    assert load_pretrained(tmp_path / "run" / "model").config.model_type == f"vlpipe-{model}"
