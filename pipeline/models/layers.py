@@ -265,15 +265,12 @@ class TiedMaskedLMHead(nn.Module):
         return F.linear(h, embedding_weight, self.bias)
 
 
-def load_bert_text_tower(
-    text_model_path: str | Path,
-) -> tuple[BertConfig, dict[str, Tensor], dict[str, int]]:
-    """Read a local HF BERT directory for use as a text tower without a pooler.
+def read_bert_directory(text_model_path: str | Path) -> tuple[Path, BertConfig, dict[str, int]]:
+    """Check a local HF BERT directory: (path, its BertConfig, {"cls_token_id", "sep_token_id",
+    "mask_token_id", "pad_token_id"} from its tokenizer, so another vocabulary works).
 
-    Returns (its BertConfig, its encoder weights without `pooler.*`, {"cls_token_id",
-    "sep_token_id", "mask_token_id", "pad_token_id"} from the directory's tokenizer, so a
-    checkpoint with another vocabulary works). Raises FileNotFoundError if the directory has no
-    config.json, ValueError if it is not BERT or its tokenizer lacks a special token.
+    Raises FileNotFoundError without config.json, ValueError if it is not a BERT or its
+    tokenizer lacks a special token.
     """
     path = Path(text_model_path)
     if not (path / "config.json").is_file():
@@ -291,6 +288,18 @@ def load_bert_text_tower(
     missing = [name for name, value in special_ids.items() if value is None]
     if missing:
         raise ValueError(f"{path}: tokenizer lacks special tokens {missing}")
+    return path, text_config, special_ids
+
+
+def load_bert_text_tower(
+    text_model_path: str | Path,
+) -> tuple[BertConfig, dict[str, Tensor], dict[str, int]]:
+    """Read a local HF BERT directory for use as a text tower without a pooler.
+
+    Returns (its BertConfig, its encoder weights without `pooler.*`, its special ids); raises as
+    `read_bert_directory`.
+    """
+    path, _, special_ids = read_bert_directory(text_model_path)
     # Loaded with the pooler (as BERT checkpoints are saved) so loading reports nothing unexpected;
     # the towers here pool themselves, so its weights are dropped.
     bert = BertModel.from_pretrained(path)

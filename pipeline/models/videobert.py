@@ -29,12 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel
+from transformers import BertConfig, BertModel
 from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.utils import ModelOutput
 
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
+from pipeline.models.layers import read_bert_directory
 
 MASKED_VISUAL_WORD = -2  # value in `video_tokens` for "this clip is [MASK]"
 
@@ -211,21 +212,7 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         tower already knows. Visual rows come from `centroids` [V, F] via `project_centroids`,
         else normal init. Raises FileNotFoundError / ValueError naming the path.
         """
-        path = Path(text_model_path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json, not a HuggingFace model directory")
-        text_config = AutoConfig.from_pretrained(path)
-        if not isinstance(text_config, BertConfig):
-            raise ValueError(f"{path}: model_type {text_config.model_type!r} is not a BERT")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        special = {
-            "cls_token_id": tokenizer.cls_token_id,
-            "sep_token_id": tokenizer.sep_token_id,
-            "mask_token_id": tokenizer.mask_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        }
-        if None in special.values():
-            raise ValueError(f"{path}: tokenizer lacks a special token: {special}")
+        path, text_config, special = read_bert_directory(text_model_path)
         if centroids is not None:
             centroids = np.asarray(centroids)
             if centroids.ndim != 2 or centroids.shape[0] != num_visual_words:
