@@ -12,6 +12,7 @@ and rerun ends with the same samples as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -216,22 +217,14 @@ class Prep:
 
             a = self.cfg.asr
             device = resolve_device(a.device, self.local_rank)
-            self.transcriber = Transcriber(
-                ASRSettings(
-                    backend=a.backend,
-                    model_path=a.model_path,
-                    language=a.language,
-                    beam_size=a.beam_size,
-                    vad_filter=a.vad_filter,
-                    no_speech_threshold=a.no_speech_threshold,
-                    logprob_threshold=a.logprob_threshold,
-                    compression_ratio_threshold=a.compression_ratio_threshold,
-                    min_word_prob=a.min_word_prob,
-                    max_sentence_words=a.max_sentence_words,
-                    device=device.split(":")[0],
-                    compute_type=a.compute_type,
-                )
-            )
+            # ASRConfig's fields carry over by name (it adds `source`; ASRSettings' extra fields
+            # keep their defaults); only the device is resolved here.
+            shared = {
+                f.name: getattr(a, f.name)
+                for f in dataclasses.fields(ASRSettings)
+                if hasattr(a, f.name) and f.name != "device"
+            }
+            self.transcriber = Transcriber(ASRSettings(**shared, device=device.split(":")[0]))
         return self.transcriber
 
     # ----------------------------------------------------------------------------- records
