@@ -41,6 +41,7 @@ import torch
 
 # runnable as `python benchmarks/bench_asr.py` from a checkout without installing vlpipe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import cpu_name  # noqa: E402
 from data_prep.asr import (  # noqa: E402
     SAMPLE_RATE,
     ASRModelError,
@@ -67,10 +68,7 @@ NARRATION = [
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = names[0] if names else cpu
+    cpu = cpu_name()
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     versions = ", ".join(
         f"{p} {importlib.metadata.version(p)}"

@@ -37,18 +37,14 @@ import numpy as np
 
 # runnable as `python benchmarks/bench_decode.py` from a checkout without installing vlpipe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import cpu_name  # noqa: E402
 from data_prep.video import VideoInfo, clip_spans, iter_clips, probe_video  # noqa: E402
 
 FPS, CLIP_SECONDS, SIZE = 20.0, 1.5, 224  # VideoBERT's sampling (methods.md §1.1)
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     versions = {
         name: importlib.metadata.version(dist)
         for name, dist in [("torch", "torch"), ("av", "av"), ("decord2", "decord2")]

@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 # runnable as `python benchmarks/bench_kmeans.py` from a checkout without installing vlpipe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import cpu_name  # noqa: E402
 from pipeline.hkmeans import HierarchicalKMeans, HKMeansConfig  # noqa: E402
 
 
@@ -129,10 +130,7 @@ def reset_peak_rss() -> bool:
 
 
 def print_machine() -> None:
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), cpu)
+    cpu = cpu_name()
     print(f"machine: {cpu} | {os.cpu_count()} cores | {platform.platform()}")
     print(
         f"python {platform.python_version()} | torch {importlib.metadata.version('torch')} | "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_name  # noqa: E402
 
 
 def write_shards(root: Path, videos: int, clips: int, per_shard: int = 64) -> None:
@@ -114,7 +114,7 @@ def main() -> None:
         step(b)
     train_rate = steps * args.batch_size / (time.perf_counter() - t0)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"machine: {cpu_name()}, {torch.get_num_threads()} "
         f"threads, torch {torch.__version__}; loader workers {args.workers}"
     )
     print(f"loader   {load_rate:8.1f} segments/s (batch {args.batch_size})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForMaskedLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.machine import cpu_name  # noqa: E402
 from pipeline.models.base import mask_tokens  # noqa: E402
 from pipeline.models.cbt import CBTConfig, CBTForPretraining, CBTObjective  # noqa: E402
 from pipeline.models.vilbert import (  # noqa: E402
@@ -40,16 +39,6 @@ FEAT_DIM = 1024  # S3D Mixed_5c (methods.md 8)
 VISUAL_WORDS = 20736  # 12^4 leaves (methods.md 1.1)
 # bf16 dense peak FLOP/s by device name fragment, for MFU.
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def text_config() -> BertConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_name  # noqa: E402
 
 
 def main() -> None:
@@ -43,10 +43,7 @@ def main() -> None:
         s = run_prep(cfg, str(manifest), tmp / "out")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}"
-    )
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"settings: {args.config} {' '.join(args.overrides)} num_workers={cfg.num_workers}")
     print(
         f"videos ok {s.ok}, failed {sum(s.failed.values())}, clips {s.clips}, "

@@ -18,7 +18,6 @@ import argparse
 import logging
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,19 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.machine import cpu_name  # noqa: E402
 from pipeline.s3d import S3D_VARIANTS, S3DFeatureExtractor, load_s3d  # noqa: E402
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_extractor(
@@ -145,7 +133,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)  # silence the random-init warning: weights unused
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; "
           f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")  # fmt: skip
     model, _ = load_s3d(None, args.variant)

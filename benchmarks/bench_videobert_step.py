@@ -17,31 +17,27 @@ baseline, lower is better; target <= 1.15) and tokens/s. With CUDA it also measu
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers
 from transformers import BertConfig, BertForMaskedLM
 
-from pipeline.models.videobert import VideoBERTConfig, VideoBERTForPretraining, VideoBERTObjective
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import cpu_name  # noqa: E402
+from pipeline.models.videobert import (  # noqa: E402
+    VideoBERTConfig,
+    VideoBERTForPretraining,
+    VideoBERTObjective,
+)
 
 VISUAL_WORDS = 20736  # 12^4, methods.md 1.1
 TEXT_VOCAB = 30522  # bert-base-uncased WordPiece
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bert_config(layers: int, width: int, max_positions: int = 512) -> BertConfig:
