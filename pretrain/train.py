@@ -1,8 +1,8 @@
 """`vlpipe pretrain`: one loop for every model, on one CPU or many GPUs through Accelerate.
 
     vlpipe pretrain --config configs/pretrain/videobert.yaml [key=value ...] [--resume]
-    torchrun --nproc_per_node 2 -m pipeline.cli pretrain --config ...   # several processes
-    accelerate launch -m pipeline.cli pretrain --config ...           # GPUs / machines / FSDP
+    torchrun --nproc_per_node 2 -m vlpipe pretrain --config ...   # several processes
+    accelerate launch -m vlpipe pretrain --config ...           # GPUs / machines / FSDP
 
 The run directory holds `config.yaml` (resolved config + git revision), `metrics.jsonl` (one line
 per optimizer step), TensorBoard logs, `checkpoints/step-N` (Accelerate `save_state`: model,

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError
-from pretrain.demo import CORPUS, split_overrides
+from vlpipe.cli import main as cli_main
+from vlpipe.demo import CORPUS, split_overrides
 
 
 def test_demo_overrides_are_routed_and_checked():

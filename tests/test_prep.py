@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.cli import main as cli_main
 from pipeline.shards import decode_sample, shard_urls
+from vlpipe.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
-VLPIPE = [sys.executable, "-m", "pipeline.cli"]
+VLPIPE = [sys.executable, "-m", "vlpipe"]
 # Small, fast settings: 8 fps x 1.5 s = 12 frames at 64 x 64 (S3D needs even sizes).
 FAST = ["video.fps=8", "video.size=64", "features.batch_size=4", "progress=false"]
 SENTENCE = "now let me show you how to spin the green triangle"
@@ -280,7 +280,7 @@ def test_two_process_prep_equals_one_process(tmp_path):
             "--nproc_per_node",
             "2",
             "-m",
-            "pipeline.cli",
+            "vlpipe",
             "prep",
             "--input",
             str(corpus),

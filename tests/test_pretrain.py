@@ -235,7 +235,7 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "vlpipe",
             *pretrain_args(setup, tmp_path / "one", steps, "data.batch_size=8"),
         ],
         cwd=REPO,
@@ -253,7 +253,7 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
             "--nproc_per_node",
             "2",
             "-m",
-            "pipeline.cli",
+            "vlpipe",
             *pretrain_args(setup, tmp_path / "two", steps, "data.batch_size=4"),
         ],
         cwd=REPO,
@@ -290,7 +290,7 @@ def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
     ]
     ref = tmp_path / "ref"
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *pretrain_args(setup, ref, *common)],
+        [sys.executable, "-m", "vlpipe", *pretrain_args(setup, ref, *common)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -301,7 +301,7 @@ def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
 
     run = tmp_path / "run"
     p = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *pretrain_args(setup, run, *common)],
+        [sys.executable, "-m", "vlpipe", *pretrain_args(setup, run, *common)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -318,7 +318,7 @@ def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
     p.wait()
     assert (run / "checkpoints" / "step-20").exists() and not (run / "model").exists()
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *pretrain_args(setup, run, *common), "--resume"],
+        [sys.executable, "-m", "vlpipe", *pretrain_args(setup, run, *common), "--resume"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -366,7 +366,7 @@ def test_cbt_and_two_stream_run_under_two_processes(setup, tmp_path, model):
             "--nproc_per_node",
             "2",
             "-m",
-            "pipeline.cli",
+            "vlpipe",
             *args,
         ],
         cwd=REPO,

@@ -6,8 +6,8 @@
     vlpipe evaluate zeroshot --model RUN_DIR --shards SHARDS --labels labels.json
     vlpipe demo     [--output DIR] [model=videobert] [key=value ...]
 
-The CLI is the one place in `pipeline/` that reaches into the stage packages, and it does so
-lazily inside each handler, so importing the library never imports a trainer.
+This package is the face of the house: the only code that imports every stage, lazily inside
+each handler so `vlpipe --help` stays fast. The library (`pipeline/`) never imports a stage.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pretrain.demo import run_demo
+    from vlpipe.demo import run_demo
 
     run_demo(Path(args.output), args.overrides)
     return 0
