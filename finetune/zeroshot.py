@@ -32,11 +32,14 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from pipeline.models import load_pretrained, model_name_of
+from pipeline.config import UserInputError
+from pipeline.models import load_pretrained, model_name_of, resolve_model_dir
 from pipeline.shards import decode_sample, shard_urls
+from pipeline.stats import bootstrap_interval
 
 log = logging.getLogger("vlpipe.zeroshot")
 TEMPLATE = "now let me show you how to [MASK] the [MASK]"
+HELD_OUT = ("test", "heldout")  # labels.json splits that are scored (the held-out videos)
 
 
 @dataclass
@@ -46,12 +49,6 @@ class Query:
     noun: int  # index into nouns
     feats: np.ndarray  # float32 [T, F] clips of the segment
     tokens: np.ndarray  # int64 [T] visual words (-1 without a vocabulary)
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A run directory or its `model/` subdirectory."""
-    path = Path(path)
-    return path / "model" if (path / "model" / "config.json").exists() else path
 
 
 def nearest_words(feats: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
@@ -67,11 +64,18 @@ def nearest_words(feats: np.ndarray, centroids: np.ndarray | None) -> np.ndarray
 
 
 def label_ids(tokenizer, words: list[str], kind: str) -> list[int]:
+    """WordPiece id of each label; UserInputError when a label is not a single token (the
+    masked-template protocol fills one [MASK] slot per label, methods.md 1.6)."""
     ids = []
     for w in words:
         pieces = tokenizer(w, add_special_tokens=False)["input_ids"]
         if len(pieces) != 1:
-            raise ValueError(f"{kind} {w!r} is not a single WordPiece token ({pieces})")
+            split = " ".join(tokenizer.convert_ids_to_tokens(pieces))
+            raise UserInputError(
+                f"{kind} {w!r} is not a single WordPiece token of the model's vocabulary "
+                f"(it splits into: {split}); the masked-template protocol needs one-token "
+                f"labels: use a one-word synonym or score by alignment"
+            )
         ids.append(pieces[0])
     return ids
 
@@ -79,7 +83,7 @@ def label_ids(tokenizer, words: list[str], kind: str) -> list[int]:
 def load_queries(shards: str, labels: dict, centroids: np.ndarray | None) -> list[Query]:
     """Segments of the labelled videos, cut from the prep samples by their time spans."""
     videos = labels["videos"]
-    wanted = {k: v for k, v in videos.items() if v.get("split") == "heldout"} or videos
+    wanted = {k: v for k, v in videos.items() if v.get("split") in HELD_OUT} or videos
     by_file = {Path(v["file"]).as_posix(): k for k, v in wanted.items()}
 
     def video_of(source: str) -> str | None:
@@ -142,14 +146,21 @@ def make_batch(queries: list[Query], text: list[list[int]], with_video: bool) ->
     return batch
 
 
-def topk_metrics(scores: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """scores [N, C], target [N] -> top-1 / top-5 accuracy in percent."""
+def topk_metrics(
+    scores: np.ndarray, target: np.ndarray, videos: list[str] | None = None
+) -> dict[str, Any]:
+    """scores [N, C], target [N] -> top-1 / top-5 accuracy in percent; with the video of each
+    query, also `top1_ci`: the 95 % bootstrap interval of top-1 over videos (pipeline.stats)."""
     order = np.argsort(-scores, axis=1)
     hit = order == target[:, None]
-    return {
-        "top1": 100 * float(hit[:, :1].any(1).mean()),
+    top1 = 100.0 * hit[:, :1].any(1)
+    out: dict[str, Any] = {
+        "top1": float(top1.mean()),
         "top5": 100 * float(hit[:, :5].any(1).mean()),
     }
+    if videos is not None:
+        out["top1_ci"] = list(bootstrap_interval(top1, videos))
+    return out
 
 
 @torch.inference_mode()
@@ -191,6 +202,22 @@ def alignment_scores(model, tok, queries, verbs, nouns, with_video, bs=64):
     return grid.logsumexp(2).numpy(), grid.logsumexp(1).numpy()
 
 
+def read_labels(path: str | Path) -> dict[str, Any]:
+    """labels.json (module doc); UserInputError naming the file and what is missing."""
+    path = Path(path).expanduser()
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserInputError(f"labels file {path}: {e}") from None
+    for key, kind in (("verbs", list), ("nouns", list), ("videos", dict)):
+        if not isinstance(labels.get(key), kind) or not labels[key]:
+            raise UserInputError(
+                f"labels file {path}: needs a non-empty {kind.__name__} {key!r} "
+                "(see the README section on the labels file)"
+            )
+    return labels
+
+
 def evaluate_zeroshot(
     model_dir: str | Path, shards: str, labels_path: str | Path
 ) -> dict[str, Any]:
@@ -201,7 +228,7 @@ def evaluate_zeroshot(
     name = model_name_of(model_dir)
     model = load_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    labels = json.loads(Path(labels_path).read_text())
+    labels = read_labels(labels_path)
     verbs, nouns = labels["verbs"], labels["nouns"]
     vocab = model_dir / "vocab" / "centroids.npy"
     centroids = np.load(vocab, allow_pickle=False) if vocab.exists() else None
@@ -209,32 +236,40 @@ def evaluate_zeroshot(
     verb_t = np.array([q.verb for q in queries])
     noun_t = np.array([q.noun for q in queries])
 
-    # VideoBERT: the paper's [MASK] protocol (1.6); CBT and two-stream: alignment of the video with
-    # every "how to <verb> the <noun>" prompt (issue 4; CBT's text tower never sees the video).
-    method = "masked-lm" if name == "videobert" else "alignment"
+    # The paper's [MASK] protocol (1.6) where the model's masked LM sees the video (the primary
+    # method then); alignment of the video with every "how to <verb> the <noun>" prompt for
+    # every model (the only one for CBT, whose text tower never sees the video).
+    methods = ["masked-lm", "alignment"] if model.masked_lm_sees_video else ["alignment"]
     template = labels.get("template", TEMPLATE)
-    results: dict[str, dict] = {}
+    videos = [q.video for q in queries]
+    by_method: dict[str, dict] = {}
     preds = {}
-    for regime, with_video in (("cross_modal", True), ("language_prior", False)):
-        if method == "masked-lm":
-            vs, ns = mask_scores(
-                model,
-                tok,
-                queries,
-                label_ids(tok, verbs, "verb"),
-                label_ids(tok, nouns, "noun"),
-                template,
-                with_video,
-            )
-        else:
-            vs, ns = alignment_scores(model, tok, queries, verbs, nouns, with_video)
-        results[regime] = {"verb": topk_metrics(vs, verb_t), "noun": topk_metrics(ns, noun_t)}
-        preds[regime] = (vs, ns)
-    results["chance"] = {
-        "verb": {"top1": 100 / len(verbs), "top5": 100 * min(5, len(verbs)) / len(verbs)},
-        "noun": {"top1": 100 / len(nouns), "top5": 100 * min(5, len(nouns)) / len(nouns)},
-    }
-    vs, ns = preds["cross_modal"]
+    for method in methods:
+        results: dict[str, dict] = {}
+        for regime, with_video in (("cross_modal", True), ("language_prior", False)):
+            if method == "masked-lm":
+                vs, ns = mask_scores(
+                    model,
+                    tok,
+                    queries,
+                    label_ids(tok, verbs, "verb"),
+                    label_ids(tok, nouns, "noun"),
+                    template,
+                    with_video,
+                )
+            else:
+                vs, ns = alignment_scores(model, tok, queries, verbs, nouns, with_video)
+            results[regime] = {
+                "verb": topk_metrics(vs, verb_t, videos),
+                "noun": topk_metrics(ns, noun_t, videos),
+            }
+            preds[method, regime] = (vs, ns)
+        results["chance"] = {
+            "verb": {"top1": 100 / len(verbs), "top5": 100 * min(5, len(verbs)) / len(verbs)},
+            "noun": {"top1": 100 / len(nouns), "top5": 100 * min(5, len(nouns)) / len(nouns)},
+        }
+        by_method[method] = results
+    vs, ns = preds[methods[0], "cross_modal"]
     predictions = [
         {
             "video": q.video,
@@ -248,25 +283,42 @@ def evaluate_zeroshot(
     return {
         "model": name,
         "model_dir": str(model_dir),
-        "method": method,
+        "method": methods[0],
         "segments": len(queries),
-        "videos": len({q.video for q in queries}),
-        "metrics": results,
+        "videos": len(set(videos)),
+        "metrics": by_method[methods[0]],
+        "by_method": by_method,
         "predictions": predictions,
     }
 
 
+def uses_video(metrics: dict[str, Any]) -> bool:
+    """The verdict a report states: for verbs and for nouns, the lower end of the 95 % interval
+    of cross-modal top-1 lies above both the language prior's top-1 and chance."""
+    cm, lp, ch = metrics["cross_modal"], metrics["language_prior"], metrics["chance"]
+    return all(cm[x]["top1_ci"][0] > max(lp[x]["top1"], ch[x]["top1"]) for x in ("verb", "noun"))
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """Markdown table: rows = regimes, columns = verb/noun top-1/top-5."""
-    m = result["metrics"]
-    lines = [
-        f"| {result['model']} ({result['method']}) | verb top-1 | verb top-5 | noun top-1 | noun top-5 |",
-        "|---|---|---|---|---|",
-    ]
-    for regime in ("cross_modal", "language_prior", "chance"):
-        r = m[regime]
-        lines.append(
-            f"| {regime.replace('_', ' ')} | {r['verb']['top1']:.1f} | {r['verb']['top5']:.1f} "
-            f"| {r['noun']['top1']:.1f} | {r['noun']['top5']:.1f} |"
-        )
-    return "\n".join(lines)
+    """Markdown table per scoring method: rows = regimes, columns = verb/noun top-1 (with its
+    95 % bootstrap interval over videos) and top-5."""
+
+    def top1(r: dict[str, Any]) -> str:
+        ci = r.get("top1_ci")
+        return f"{r['top1']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+    lines = []
+    for method, m in result.get("by_method", {result["method"]: result["metrics"]}).items():
+        lines += [
+            f"| {result['model']} ({method}) | verb top-1 [95% CI] | verb top-5 "
+            "| noun top-1 [95% CI] | noun top-5 |",
+            "|---|---|---|---|---|",
+        ]
+        for regime in ("cross_modal", "language_prior", "chance"):
+            r = m[regime]
+            lines.append(
+                f"| {regime.replace('_', ' ')} | {top1(r['verb'])} | {r['verb']['top5']:.1f} "
+                f"| {top1(r['noun'])} | {r['noun']['top5']:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()

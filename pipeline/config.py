@@ -12,19 +12,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NewType, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 T = TypeVar("T")
 
+# A setting that names a file or directory: `~` and environment variables are expanded when the
+# config is loaded (the shell does not expand `~` after `key=`, e.g. `data.shards=~/shards`).
+PathStr = NewType("PathStr", str)
+
 
 class ConfigError(ValueError):
     """A bad config: the message names the dotted key and the reason."""
+
+
+class UserInputError(ValueError):
+    """A bad input the user named (a labels file, a model directory, a shards directory): the
+    message says which file and what is wrong; the command line prints it as one line."""
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -67,6 +77,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if tp is PathStr:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return os.path.expandvars(os.path.expanduser(value)) if value else value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -129,7 +143,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = get_type_hints(cls)
+    # A section whose type depends on another value (the settings of the model named by
+    # `model.name`): the dataclass says which type, and a missing section gets its defaults.
+    resolve = getattr(cls, "section_types", None)
+    if callable(resolve):
+        dynamic = resolve(data, prefix)
+        hints.update(dynamic)
+        data = {**{name: {} for name in dynamic}, **data}
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    # A missing section that resolves types of its own is built too, so its hook runs.
+    for name in fields:
+        if name not in data and hasattr(hints.get(name), "section_types"):
+            data = {**data, name: {}}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -146,6 +171,11 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(prefix) else prefix + msg) from None
     return obj
+
+
+def load_config_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build and validate `cls` from a nested dict (e.g. settings stored in a model's config)."""
+    return _build(cls, data, prefix)
 
 
 def load_config(
@@ -209,6 +239,16 @@ def save_config(cfg: Any, path: str | Path, extra: dict[str, Any] | None = None)
     d = to_dict(cfg)
     d["_meta"] = {"git_revision": git_revision(), "config_hash": config_hash(cfg), **(extra or {})}
     atomic_write_text(Path(path), yaml.safe_dump(d, sort_keys=False))
+
+
+def require_path(key: str, value: str | None, what: str) -> Path:
+    """`value` as a Path that exists; ConfigError naming the key and the path otherwise."""
+    if not value:
+        raise ConfigError(f"{key}: {what} is required ({key}=PATH)")
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key}: {path} does not exist ({what})")
+    return path
 
 
 def check_range(key: str, value: float, lo: float | None = None, hi: float | None = None) -> None:

@@ -85,3 +85,11 @@ def soft_target_kl(logits: Tensor, target_probs: Tensor) -> Tensor:
     log_probs = F.log_softmax(logits.float(), dim=-1)
     kl = F.kl_div(log_probs, target_probs.float(), reduction="none").sum(-1)  # [M]
     return kl.mean()
+
+
+def cross_entropy_or_zero(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross entropy of logits [M, C] against labels [M] (in float32); a zero that keeps
+    the graph when M == 0 (a batch where nothing was masked, no pair was eligible ...)."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels)

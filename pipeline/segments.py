@@ -15,8 +15,12 @@ Epoch semantics (the same on one process or many):
   together cover the epoch; loader worker w of K reads shards w, w+K, ... ;
 * the stream never ends: epoch e+1 follows e on each rank without a barrier, and training length
   is `max_steps`, so no rank ever waits for another's last partial batch;
-* each batch carries its epoch; resuming at batch n replays the same stream and skips the first
-  n batches (`skip_batches`), so a resumed run sees exactly the batches it would have seen.
+* batches span epochs: every batch has `batch_size` segments, the last ones of epoch e and the
+  first of e+1 share a batch when the epoch does not divide evenly, so no segment is dropped and
+  a corpus smaller than one batch still trains (each batch then holds more than one epoch);
+* each batch carries the epoch of its last segment; resuming at batch n replays the same stream
+  and skips the first n batches (`skip_batches`), so a resumed run sees exactly the batches it
+  would have seen.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +39,9 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.shards import decode_sample, shard_urls
+from pipeline.train_config import DataConfig
 
 log = logging.getLogger("vlpipe.data")
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    max_text_tokens: int = 32  # WordPiece tokens kept per sentence (after concatenation)
-    max_clips: int = 32  # clips kept per segment (a random window when longer)
-    clips_without_speech: int = 16  # VideoBERT: "we simply treat 16 tokens as a segment" (1.2)
-    concat_prob: float = 0.3  # probability to join a sentence with its successor (1.2 trick 1)
-    min_clips: int = 1  # segments with fewer clips are dropped
-    shuffle_buffer: int = 1000  # segments held for shuffling (per worker)
 
 
 def video_id(key: str) -> int:
@@ -55,7 +49,7 @@ def video_id(key: str) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:15], 16)
 
 
-def build_segments(sample: dict[str, Any], s: SegmentSettings, rng: random.Random) -> list[dict]:
+def build_segments(sample: dict[str, Any], s: DataConfig, rng: random.Random) -> list[dict]:
     """One decoded prep sample -> its segments: {key, text, first, stop} clip ranges [first, stop)."""
     n = len(sample["feat.npy"])
     sentences = [
@@ -106,23 +100,21 @@ class SegmentStream(IterableDataset):
 
     def __init__(
         self,
-        shards: str | list[str],
+        data: DataConfig,
         tokenizer_path: str,
-        batch_size: int,
-        settings: SegmentSettings = SegmentSettings(),
-        vocab_dir: str | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         skip_batches: int = 0,
-        use_fmap: bool = False,
+        epochs: int | None = None,
     ) -> None:
-        self.urls = shards if isinstance(shards, list) else shard_urls(shards)
+        self.urls = shard_urls(data.shards)
         if not self.urls:
-            raise ValueError(f"no shards found in {shards}")
-        self.tokenizer_path, self.batch_size, self.settings = tokenizer_path, batch_size, settings
-        self.vocab_dir, self.seed, self.rank, self.world = vocab_dir, seed, rank, world_size
-        self.skip_batches, self.use_fmap = skip_batches, use_fmap
+            raise ValueError(f"data.shards: no shards found in {data.shards}")
+        self.tokenizer_path, self.settings, self.batch_size = tokenizer_path, data, data.batch_size
+        self.vocab_dir, self.seed, self.rank, self.world = data.vocab, seed, rank, world_size
+        self.skip_batches, self.use_fmap = skip_batches, data.use_fmap
+        self.epochs = epochs  # None: endless (training); N: N passes, the last batch may be short
         self._tokenizer = None
         self._token_cache: dict[str, dict[str, np.ndarray]] = {}
 
@@ -245,20 +237,47 @@ class SegmentStream(IterableDataset):
         # Global batch b comes from worker b % K (DataLoader round-robin): skip our share.
         skip = (self.skip_batches - worker + num_workers - 1) // num_workers
         produced = 0
-        for epoch in itertools.count():
-            pending: list[dict] = []
-            any_segment = False
+        pending: list[dict] = []  # carried across epochs: batches span epochs (module doc)
+        for epoch in itertools.count() if self.epochs is None else range(self.epochs):
+            count = 0
             for seg in self.epoch_segments(epoch, worker, num_workers):
-                any_segment = True
+                count += 1
                 pending.append(seg)
                 if len(pending) == self.batch_size:
                     if produced >= skip:
                         yield self.collate(pending, epoch)
                     produced += 1
                     pending = []
-            if not any_segment:
+            if count == 0:
                 raise RuntimeError(
                     f"rank {self.rank} worker {worker}: an epoch produced no segment "
                     f"({len(self.urls)} shards for {self.world} ranks); add data or use fewer ranks"
                 )
-            # The last partial batch of an epoch is dropped: every batch has batch_size rows.
+            if epoch == 0 and count < self.batch_size:
+                log.warning(
+                    "rank %d worker %d: an epoch has %d segments, fewer than data.batch_size=%d; "
+                    "each batch spans several epochs (a smaller data.batch_size gives more "
+                    "distinct steps per epoch)",
+                    self.rank,
+                    worker,
+                    count,
+                    self.batch_size,
+                )
+        if pending and produced >= skip:  # a finite stream (evaluation) keeps its last rows
+            yield self.collate(pending, epoch)
+
+
+def loader(stream: SegmentStream, num_workers: int, seed: int) -> torch.utils.data.DataLoader:
+    """A DataLoader over `stream` with up to `num_workers` processes (never more than shards).
+
+    It has its own generator: starting the iterator must not consume the global RNG that a
+    resumed run's `load_state` just restored (the objectives' masks would shift).
+    """
+    workers = max(0, min(num_workers, len(stream.urls)))
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -55,16 +55,52 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(PrepConfig, bad)
 
 
-def test_nested_dict_overrides_and_required_field():
+def test_model_and_objective_settings_are_typed():
     cfg = load_config(
         PretrainConfig,
-        REPO / "configs/pretrain/videobert.yaml",
-        ["data.shards=/x", "objective.w_text=2", "model.config.hidden_dropout_prob=0.0"],
+        REPO / "configs/pretrain/cbt.yaml",
+        ["data.shards=/x", "objective.w_text=2", "model.config.visual.layers=3"],
     )
-    assert cfg.objective["w_text"] == 2 and cfg.objective["w_video"] == 1.0
-    assert cfg.model.config["hidden_dropout_prob"] == 0.0
+    assert cfg.objective.w_text == 2.0 and cfg.objective.w_video == 1.0
+    assert cfg.model.config.visual.layers == 3 and cfg.model.config.cross.layers == 1
     with pytest.raises(ConfigError, match=r"data\.shards"):
         load_config(PretrainConfig, REPO / "configs/pretrain/videobert.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("objective.mask_prb=0.3", "unknown key objective.mask_prb"),
+        ("objective.mask_prob=7", "objective.mask_prob"),
+        ("model.config.no_such=1", "unknown key model.config.no_such"),
+        ("model.name=resnet", "model.name"),
+        ("model.config.visual.heads=5", "model.config.visual.heads"),
+        ("data.max_clips=100", "data.max_clips"),
+        ("optim.betas=[0.9]", "optim.betas"),
+    ],
+)
+def test_bad_pretrain_settings_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(
+            PretrainConfig, REPO / "configs/pretrain/cbt.yaml", ["data.shards=/x", override]
+        )
+
+
+def test_path_settings_expand_home_and_variables(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/someone")
+    monkeypatch.setenv("SHARDS", "/data/shards")
+    cfg = load_config(PretrainConfig, None, ["data.shards=~/shards", "data.vocab=$SHARDS/vocab"])
+    assert cfg.data.shards == "/home/someone/shards"
+    assert cfg.data.vocab == "/data/shards/vocab"
+
+
+def test_warmup_longer_than_training_warns(caplog):
+    load_config(
+        PretrainConfig,
+        None,
+        ["data.shards=/x", "data.vocab=/v", "optim.warmup_steps=50", "optim.max_steps=20"],
+    )
+    assert "never reaches its peak" in caplog.text
 
 
 def test_saved_config_round_trips(tmp_path):
@@ -89,7 +125,7 @@ def test_every_shipped_config_loads(path):
     cls = {"prep": PrepConfig, "cluster": ClusterConfig, "pretrain": PretrainConfig}[
         path.parent.name
     ]
-    overrides = ["data.shards=/x"] if cls is PretrainConfig else []
+    overrides = ["data.shards=/x", "data.vocab=/v"] if cls is PretrainConfig else []
     cfg = load_config(cls, path, overrides)
     if cls is PretrainConfig:
         assert cfg.model.name in path.name

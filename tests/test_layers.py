@@ -14,8 +14,8 @@ from pipeline.models.layers import (
     MultiHeadAttention,
     TokenLearnerV11,
     TransformerBlock,
-    add_cls_sep,
 )
+from pipeline.models.text import add_cls_sep
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from pipeline.segments import SegmentSettings, SegmentStream, build_segments
+from pipeline.segments import SegmentStream, build_segments
 from pipeline.shards import npy_bytes
+from pipeline.train_config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = [("spin", "square"), ("jump", "circle"), ("shake", "star"), ("slide", "triangle")]
@@ -134,10 +135,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 def segments_of_first_epoch(setup, rank: int, world: int) -> list[tuple[str, int]]:
     stream = SegmentStream(
-        str(setup["shards"]),
+        DataConfig(shards=str(setup["shards"]), batch_size=1, concat_prob=0.0),
         str(setup["bert"]),
-        batch_size=1,
-        settings=SegmentSettings(concat_prob=0.0),
         seed=3,
         rank=rank,
         world_size=world,
@@ -162,13 +161,8 @@ def test_epoch_is_split_disjointly_across_ranks(setup):
 
 
 def test_batches_follow_the_model_contract(setup):
-    stream = SegmentStream(
-        str(setup["shards"]),
-        str(setup["bert"]),
-        batch_size=4,
-        vocab_dir=str(setup["vocab"]),
-        seed=0,
-    )
+    data = DataConfig(shards=str(setup["shards"]), vocab=str(setup["vocab"]), batch_size=4)
+    stream = SegmentStream(data, str(setup["bert"]), seed=0)
     batch = next(iter(stream))
     B, L = batch["text_ids"].shape
     T = batch["video_feats"].shape[1]
@@ -183,14 +177,7 @@ def test_batches_follow_the_model_contract(setup):
     for _ in range(3):
         next(it)
     after = next(it)
-    skipped = SegmentStream(
-        str(setup["shards"]),
-        str(setup["bert"]),
-        batch_size=4,
-        vocab_dir=str(setup["vocab"]),
-        seed=0,
-        skip_batches=3,
-    )
+    skipped = SegmentStream(data, str(setup["bert"]), seed=0, skip_batches=3)
     assert next(iter(skipped))["keys"] == after["keys"]
 
 
@@ -198,7 +185,7 @@ def test_segments_without_speech_become_16_clip_chunks():
     import random
 
     sample = {"__key__": "k", "feat.npy": np.zeros((40, 4)), "asr.json": {"sentences": []}}
-    segs = build_segments(sample, SegmentSettings(max_clips=32), random.Random(0))
+    segs = build_segments(sample, DataConfig(shards="x", max_clips=32), random.Random(0))
     assert [(s["first"], s["stop"]) for s in segs] == [(0, 16), (16, 32), (32, 40)]
     assert all(s["text"] == "" for s in segs)
 
@@ -217,14 +204,13 @@ def pretrain_args(setup, out: Path, *extra: str) -> list[str]:
         "optim.lr=1e-3",
         "progress=false",
         "log_every=1",
-        "model.config.hidden_dropout_prob=0.0",
-        "model.config.attention_probs_dropout_prob=0.0",
         *extra,
     ]
 
 
 def losses(run: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]  # optimizer steps, not evaluations
 
 
 @pytest.mark.slow
@@ -236,7 +222,7 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
             sys.executable,
             "-m",
             "vlpipe",
-            *pretrain_args(setup, tmp_path / "one", steps, "data.batch_size=8"),
+            *pretrain_args(setup, tmp_path / "one", steps, "data.batch_size=16"),
         ],
         cwd=REPO,
         env=env,
@@ -254,7 +240,7 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
             "2",
             "-m",
             "vlpipe",
-            *pretrain_args(setup, tmp_path / "two", steps, "data.batch_size=4"),
+            *pretrain_args(setup, tmp_path / "two", steps, "data.batch_size=8"),
         ],
         cwd=REPO,
         env=env,
@@ -269,7 +255,9 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
     assert cfg["_meta"]["world_size"] == 2
     a, b = np.array(losses(tmp_path / "one")), np.array(losses(tmp_path / "two"))
     assert len(a) == len(b) == 30
-    # Same global batch (the same 8 segments per step, split 4 + 4) and the same initial weights,
+    # Same global batch (the same 16 segments per step, split 8 + 8; with 4 rows per process a
+    # step where no row of a process has a masked-word term is common, and its halved text term
+    # swamps a 30-step comparison) and the same initial weights,
     # but each process draws its own masks, negatives and subsampling rates, so the curves agree
     # only statistically. Tolerance: the mean loss over each third of the run within 15 %, and
     # both runs learn (last third below the first).

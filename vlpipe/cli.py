@@ -14,17 +14,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, UserInputError
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REPO = Path(__file__).resolve().parent.parent
+REPO_CONFIGS = REPO / "configs"
+# Libraries that log at INFO what a user need not see (model loading, faiss's loader probing
+# optional modules); shown with -v.
+CHATTY_LOGGERS = ("faster_whisper", "faiss", "faiss.loader", "httpx", "urllib3", "accelerate")
 
 
 def _default_config(rel: str) -> Path | None:
     path = REPO_CONFIGS / rel
     return path if path.exists() else None
+
+
+def config_path(value: str | None) -> Path | None:
+    """`--config` as given, else relative to the vlpipe checkout (so `configs/...` from the
+    README works from any directory); `~` and variables are expanded. None stays None."""
+    if value is None:
+        return None
+    path = Path(os.path.expandvars(value)).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    in_repo = REPO / path
+    return in_repo if in_repo.exists() else path
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
@@ -34,7 +51,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
     from pipeline.prep_config import PrepConfig
 
     cfg = load_config(
-        PrepConfig, args.config or _default_config("prep/default.yaml"), args.overrides
+        PrepConfig, config_path(args.config) or _default_config("prep/default.yaml"), args.overrides
     )
     out = Path(args.output).expanduser()
     try:
@@ -53,11 +70,13 @@ def cmd_prep(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.train_config import PretrainConfig
+
+    # Validated before anything heavy is imported or created (a bad key fails in ~1 s).
+    cfg = load_config(PretrainConfig, config_path(args.config), args.overrides)
     from pretrain.train import train
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    run_dir = train(cfg, resume=args.resume)
-    print(f"model saved to {run_dir / 'model'}")
+    result = train(cfg, resume=args.resume)
+    print(f"model saved to {result.run_dir / 'model'}")
     return 0
 
 
@@ -67,10 +86,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(
-        ClusterConfig, args.config or _default_config("cluster/default.yaml"), args.overrides
+        ClusterConfig,
+        config_path(args.config) or _default_config("cluster/default.yaml"),
+        args.overrides,
     )
     try:
-        summary = run_cluster(cfg, Path(args.shards), Path(args.output))
+        summary = run_cluster(cfg, Path(args.shards).expanduser(), Path(args.output).expanduser())
     except ClusterError as e:
         logging.getLogger("vlpipe").error("%s", e)
         return 2
@@ -146,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"vlpipe: invalid config: {e}", file=sys.stderr)
+        return 2
+    except UserInputError as e:
+        print(f"vlpipe: {e}", file=sys.stderr)
         return 2
 
 

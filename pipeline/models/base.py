@@ -28,30 +28,39 @@ One loader, one loop, one checkpoint format for every model (VideoBERT, CBT, two
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
+
+from pipeline.config import load_config_dict, to_dict
+from pipeline.models.settings import ModelSettings
 
 Batch = dict[str, Tensor]
 
 
 class VLConfig(PretrainedConfig):
-    """Fields shared by every vlpipe model.
+    """HF config of every vlpipe model: shared fields + the fields of the model's settings class.
 
-    `text_config` is the full BERT config dict of the text tower, so `from_pretrained` can rebuild
-    it without the original checkpoint directory.
+    The architecture knobs are declared once, in the model's settings dataclass
+    (`pipeline.models.settings`); this config stores their values (nested settings as plain
+    dicts, so config.json stays JSON) and `settings()` returns them typed and validated.
+    `text_config` is the full BERT config dict of the text tower, so `from_pretrained` can
+    rebuild it without the original checkpoint directory.
     """
 
     model_type = "vlpipe"
+    settings_class: ClassVar[type[ModelSettings]] = ModelSettings
 
     def __init__(
         self,
         text_config: dict | None = None,  # BertConfig.to_dict() of the text tower
-        feat_dim: int = 1024,  # width of one S3D clip feature (Mixed_5c, methods.md 8)
+        feat_dim: int = 1024,  # width F of one clip feature (S3D Mixed_5c: 1024, methods.md 8)
         num_visual_words: int = 0,  # size of the faiss visual vocabulary (0: none)
-        max_clips: int = 64,  # longest video segment a model accepts
         cls_token_id: int = 101,  # bert-base-uncased special ids, overwritten from the tokenizer
         sep_token_id: int = 102,
         mask_token_id: int = 103,
@@ -61,18 +70,78 @@ class VLConfig(PretrainedConfig):
         self.text_config = text_config or {}
         self.feat_dim = feat_dim
         self.num_visual_words = num_visual_words
-        self.max_clips = max_clips
         self.cls_token_id = cls_token_id
         self.sep_token_id = sep_token_id
         self.mask_token_id = mask_token_id
+        names = [f.name for f in dataclasses.fields(self.settings_class)]
+        given = {name: kwargs.pop(name) for name in names if name in kwargs}
+        # Validated like a config file: a bad value names its key.
+        settings = load_config_dict(self.settings_class, given)
+        for name, value in to_dict(settings).items():
+            setattr(self, name, value)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    def settings(self) -> ModelSettings:
+        """The architecture knobs as the typed settings dataclass."""
+        names = [f.name for f in dataclasses.fields(self.settings_class)]
+        return load_config_dict(self.settings_class, {n: getattr(self, n) for n in names})
 
 
 class VLPreTrainedModel(PreTrainedModel):
-    """Base class: the three capabilities every downstream stage relies on."""
+    """Base class: what every downstream stage may ask of a pretrained model.
+
+    Capabilities are declared, so callers choose by what a model can do, never by its name:
+    `masked_lm_sees_video` is True when `masked_text_logits` conditions on the clips (the
+    masked-template zero-shot protocol of methods.md 1.6 then applies).
+    """
 
     config_class = VLConfig
     base_model_prefix = "vl"
+    masked_lm_sees_video: ClassVar[bool] = True
+
+    @classmethod
+    def from_text_checkpoint(
+        cls,
+        text_model_path: str | Path,
+        centroids: np.ndarray | None = None,
+        feat_dim: int | None = None,
+        **settings: Any,
+    ) -> VLPreTrainedModel:
+        """A new model whose text side is the local HF BERT directory `text_model_path`.
+
+        centroids [V, F]: the faiss visual vocabulary, when there is one (V visual words);
+        feat_dim: clip feature width F of the data (default: the centroids' width, else 1024);
+        settings: fields of the model's settings class. Special ids come from the checkpoint's
+        tokenizer. Raises FileNotFoundError / ValueError naming the path or the mismatch.
+        """
+        from pipeline.models.text import read_bert_directory
+
+        if "num_visual_words" in settings:
+            raise ValueError("num_visual_words comes from the centroids of the visual vocabulary")
+        path, bert_config, special_ids = read_bert_directory(text_model_path)
+        extra: dict[str, Any] = {}
+        if centroids is not None:
+            centroids = np.asarray(centroids, dtype=np.float32)
+            if centroids.ndim != 2 or not len(centroids):
+                raise ValueError(f"centroids must be a [V, F] array, got {centroids.shape}")
+            if feat_dim is not None and feat_dim != centroids.shape[1]:
+                raise ValueError(f"centroids of width {centroids.shape[1]} != feat_dim {feat_dim}")
+            extra["num_visual_words"] = len(centroids)
+            feat_dim = centroids.shape[1]
+        config = cls.config_class(
+            text_config=bert_config.to_dict(),
+            feat_dim=feat_dim or 1024,
+            **extra,
+            **special_ids,
+            **settings,
+        )
+        model = cls(config)
+        model.init_from_text_checkpoint(path, centroids)
+        return model
+
+    def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
+        """Copy the BERT weights at `path` (and the vocabulary) into a freshly built model."""
+        raise NotImplementedError
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Contextual features for fine-tuning heads.

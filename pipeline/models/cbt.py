@@ -1,8 +1,9 @@
 """CBT: Contrastive Bidirectional Transformer (methods.md 2; no official code exists).
 
-Three parts, trained with `w_bert·L_bert + w_visual·L_visual + w_cross·L_cross` (methods.md 2.1):
+Three parts, trained with `w_text·L_bert + w_video·L_visual + w_align·L_cross` (methods.md 2.1, where
+the weights are called w_bert, w_visual, w_cross):
 
-* text tower: a BERT checkpoint with a masked-LM head (L_bert). It never sees the video, so
+* text tower (`pipeline.models.text.TextTower`, L_bert). It never sees the video, so
   `masked_text_logits` is text-only by design;
 * visual transformer over continuous S3D clip features, trained by masked-clip NCE (L_visual):
   masked clips are replaced by a learned vector and each output ê_t must pick out the embedding
@@ -28,60 +29,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import BertConfig, BertModel
+from transformers import BertConfig
 from transformers import initialization as init
 
-from pipeline.losses import nce_loss, nce_with_pool_negatives
+from pipeline.losses import cross_entropy_or_zero, nce_loss, nce_with_pool_negatives
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
-from pipeline.models.layers import (
-    MLP,
-    TiedMaskedLMHead,
-    TransformerBlock,
-    add_cls_sep,
-    load_bert_text_tower,
-)
+from pipeline.models.layers import MLP, TransformerBlock
+from pipeline.models.settings import CBTObjectiveSettings, CBTSettings
+from pipeline.models.text import TextTower, TiedMaskedLMHead
 
 
 class CBTConfig(VLConfig):
-    """CBT sizes and loss settings. Layer counts and widths are not given by the paper
-    (methods.md 2.2, unverified): "few layers" visual, "shallow" cross-modal."""
+    """VLConfig + the fields of `CBTSettings`."""
 
     model_type = "vlpipe-cbt"
+    settings_class = CBTSettings
 
-    def __init__(
-        self,
-        visual_hidden: int = 384,  # D_v; MiniLM width, so the benchmark compares equal widths
-        visual_layers: int = 2,  # "a few layers" (methods.md 2.2, unverified)
-        visual_heads: int = 6,
-        visual_intermediate: int = 1536,
-        cross_hidden: int = 384,  # D_c, the common width both towers are projected to
-        cross_layers: int = 1,  # "shallow" cross-modal transformer
-        cross_heads: int = 6,
-        cross_intermediate: int = 1536,
-        hidden_dropout: float = 0.1,
-        layer_norm_eps: float = 1e-12,
-        initializer_range: float = 0.02,
-        nce_temperature: float = 0.1,  # cosine scores / τ for L_visual
-        nce_max_negatives: int = 1024,  # cap on the clip negatives, sampled; 0 = all clips
-        cross_max_negatives: int = 0,  # sentences per video in L_cross; 0 = all other videos
-        **kwargs,
-    ) -> None:
-        self.visual_hidden = visual_hidden
-        self.visual_layers = visual_layers
-        self.visual_heads = visual_heads
-        self.visual_intermediate = visual_intermediate
-        self.cross_hidden = cross_hidden
-        self.cross_layers = cross_layers
-        self.cross_heads = cross_heads
-        self.cross_intermediate = cross_intermediate
-        self.hidden_dropout = hidden_dropout
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.nce_temperature = nce_temperature
-        self.nce_max_negatives = nce_max_negatives
-        self.cross_max_negatives = cross_max_negatives
+    def __init__(self, **kwargs) -> None:
+        # transformers 5 turns config subclasses without their own __init__ into dataclasses
+        # whose generated __init__ would bypass VLConfig's.
         super().__init__(**kwargs)
 
 
@@ -90,22 +57,27 @@ class CBTForPretraining(VLPreTrainedModel):
 
     config_class = CBTConfig
 
+    masked_lm_sees_video = False  # the text tower never sees the video (methods.md 2.1)
+
     def __init__(self, config: CBTConfig) -> None:
         super().__init__(config)
+        settings: CBTSettings = config.settings()
         text_config = BertConfig(**config.text_config)
-        d_t, d_v, d_c = text_config.hidden_size, config.visual_hidden, config.cross_hidden
-        eps, dropout = config.layer_norm_eps, config.hidden_dropout
-        self.text = BertModel(text_config, add_pooling_layer=False)
-        self.mlm_head = TiedMaskedLMHead(d_t, text_config.vocab_size, text_config.layer_norm_eps)
+        vis, cross = settings.visual, settings.cross
+        d_t, d_v, d_c = text_config.hidden_size, vis.hidden, cross.hidden
+        eps, dropout = settings.layer_norm_eps, settings.hidden_dropout
+        self.text = TextTower(
+            text_config, config.cls_token_id, config.sep_token_id, config.pad_token_id
+        )
         # Visual transformer g_context over e = f_enc(x) (methods.md 2.1).
         self.clip_projection = nn.Linear(config.feat_dim, d_v)  # f_enc: also the NCE target
         self.clip_mask_embedding = nn.Parameter(torch.zeros(d_v))
-        self.clip_positions = nn.Embedding(config.max_clips, d_v)
+        self.clip_positions = nn.Embedding(settings.max_clips, d_v)
         self.visual_norm = nn.LayerNorm(d_v, eps=eps)
         self.visual_dropout = nn.Dropout(dropout)
         self.visual_layers = nn.ModuleList(
-            TransformerBlock(d_v, config.visual_heads, config.visual_intermediate, dropout, eps)
-            for _ in range(config.visual_layers)
+            TransformerBlock(d_v, vis.heads, vis.intermediate, dropout, eps)
+            for _ in range(vis.layers)
         )
         self.context_head = nn.Linear(d_v, d_v)  # ê_t = W h_t, compared with e_t
         # Cross-modal transformer over h = {text outputs ; visual outputs} (methods.md 2.1).
@@ -114,10 +86,11 @@ class CBTForPretraining(VLPreTrainedModel):
         self.cross_modality = nn.Embedding(2, d_c)  # 0 text, 1 video
         self.cross_norm = nn.LayerNorm(d_c, eps=eps)
         self.cross_layers = nn.ModuleList(
-            TransformerBlock(d_c, config.cross_heads, config.cross_intermediate, dropout, eps)
-            for _ in range(config.cross_layers)
+            TransformerBlock(d_c, cross.heads, cross.intermediate, dropout, eps)
+            for _ in range(cross.layers)
         )
         self.mi_head = MLP(d_c, d_c, 1)  # MI(x, y) from the first output token
+        self.max_clips = settings.max_clips
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -127,37 +100,12 @@ class CBTForPretraining(VLPreTrainedModel):
         elif isinstance(module, TiedMaskedLMHead):
             init.zeros_(module.bias)
 
-    @classmethod
-    def from_text_checkpoint(
-        cls,
-        text_model_path: str | Path,
-        centroids: np.ndarray | Tensor | None = None,
-        **config_kwargs,
-    ) -> CBTForPretraining:
-        """New CBT whose text tower is the local HF BERT at `text_model_path` (special ids from
-        its tokenizer). `config_kwargs` set any other CBTConfig field. `centroids` is accepted
-        for the registry's uniform call and ignored: CBT needs no visual vocabulary."""
-        del centroids  # continuous features only (methods.md 2.1)
-        bert_config, bert_weights, special_ids = load_bert_text_tower(text_model_path)
-        config = CBTConfig(text_config=bert_config.to_dict(), **special_ids, **config_kwargs)
-        model = cls(config)
-        model.text.load_state_dict(bert_weights)
-        return model
+    def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
+        """BERT weights into the text tower; CBT needs no visual vocabulary (methods.md 2.1)."""
+        del centroids
+        self.text.load_checkpoint(path)
 
     # --- towers -----------------------------------------------------------------------------
-
-    def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """ids [B, L], mask [B, L] -> BERT outputs [B, L+2, D_t] of `[CLS] text [SEP]`, mask."""
-        cfg = self.config
-        ids, mask = add_cls_sep(
-            text_ids, text_mask, cfg.cls_token_id, cfg.sep_token_id, cfg.pad_token_id
-        )
-        limit = self.text.config.max_position_embeddings
-        if ids.shape[1] > limit:
-            raise ValueError(
-                f"text of {ids.shape[1] - 2} tokens exceeds the BERT limit {limit - 2}"
-            )
-        return self.text(input_ids=ids, attention_mask=mask).last_hidden_state, mask
 
     def encode_video(
         self, video_feats: Tensor, video_mask: Tensor, masked_clips: Tensor | None = None
@@ -165,8 +113,8 @@ class CBTForPretraining(VLPreTrainedModel):
         """feats [B, T, F], mask [B, T], masked_clips Bool [B, T] (replaced by the learned mask
         vector) -> visual transformer outputs [B, T, D_v]."""
         num_clips = video_feats.shape[1]
-        if num_clips > self.config.max_clips:
-            raise ValueError(f"{num_clips} clips exceed max_clips {self.config.max_clips}")
+        if num_clips > self.max_clips:
+            raise ValueError(f"{num_clips} clips exceed max_clips {self.max_clips}")
         x = self.clip_projection(video_feats)  # [B, T, D_v]
         if masked_clips is not None:
             x = torch.where(masked_clips[..., None], self.clip_mask_embedding.to(x.dtype), x)
@@ -219,7 +167,7 @@ class CBTForPretraining(VLPreTrainedModel):
           [B, C] (0 where -1). Without cross_pairs: alignment [B] and pooled [B, D_c] for the
           diagonal pairs (each video with its own sentence).
         """
-        text_h, text_attention = self.encode_text(text_ids, text_mask)
+        text_h, text_attention = self.text(text_ids, text_mask)
         video_h = self.encode_video(video_feats, video_mask, masked_clips)
         out = {
             "text_hidden": text_h,
@@ -228,7 +176,7 @@ class CBTForPretraining(VLPreTrainedModel):
         }
         if mlm_positions is not None:
             chosen = text_h[:, 1:-1][mlm_positions]  # [M_t, D_t]; sentence position i is i+1
-            out["mlm_logits"] = self.mlm_head(chosen, self.text.embeddings.word_embeddings.weight)
+            out["mlm_logits"] = self.text.mlm_logits(chosen)
         if masked_clips is not None:
             out["clip_predictions"] = self.context_head(video_h[masked_clips])  # [M_v, D_v]
             out["clip_targets"] = self.clip_projection(video_feats[video_mask])  # [N, D_v]
@@ -272,8 +220,8 @@ class CBTForPretraining(VLPreTrainedModel):
     def masked_text_logits(self, batch: Batch) -> Tensor:
         """[B, L, V] BERT MLM logits. CBT's text tower never sees the video (methods.md 2.1),
         so these depend on the text alone."""
-        text_h, _ = self.encode_text(batch["text_ids"], batch["text_mask"])
-        return self.mlm_head(text_h[:, 1:-1], self.text.embeddings.word_embeddings.weight)
+        text_h, _ = self.text(batch["text_ids"], batch["text_mask"])
+        return self.text.mlm_logits(text_h[:, 1:-1])
 
 
 def sample_cross_pairs(video_ids: Tensor, eligible: Tensor, max_negatives: int = 0) -> Tensor:
@@ -297,43 +245,33 @@ def sample_cross_pairs(video_ids: Tensor, eligible: Tensor, max_negatives: int =
 
 
 class CBTObjective:
-    """`w_bert·L_bert + w_visual·L_visual + w_cross·L_cross` (methods.md 2.1).
+    """`w_text·L_bert + w_video·L_visual + w_align·L_cross` (methods.md 2.1; the paper's
+    w_bert / w_visual / w_cross).
 
     Loss weights are not given by the paper (methods.md 9); the paper may have frozen BERT
-    (w_bert = 0, unverified). Masks and negatives are drawn with the torch global RNG. One
+    (w_text = 0, unverified). Masks and negatives are drawn with the torch global RNG. One
     forward pass serves all three terms: L_cross scores the masked inputs, as ViLBERT does.
     """
 
-    def __init__(
-        self,
-        w_bert: float = 1.0,
-        w_visual: float = 1.0,
-        w_cross: float = 1.0,
-        text_mask_prob: float = 0.15,  # BERT default (methods.md 1.4)
-        clip_mask_prob: float = 0.15,
-    ) -> None:
-        self.w_bert = w_bert
-        self.w_visual = w_visual
-        self.w_cross = w_cross
-        self.text_mask_prob = text_mask_prob
-        self.clip_mask_prob = clip_mask_prob
+    def __init__(self, settings: CBTObjectiveSettings | None = None) -> None:
+        self.settings = settings or CBTObjectiveSettings()
 
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
         core = getattr(model, "module", model)  # config of a DDP-wrapped model
-        cfg = core.config
+        cfg, s = core.config, self.settings
         text_ids, text_mask = batch["text_ids"], batch["text_mask"]
         video_mask = batch["video_mask"]
         masked_ids, text_labels = mask_tokens(
-            text_ids, text_mask, cfg.mask_token_id, core.text.config.vocab_size, self.text_mask_prob
+            text_ids, text_mask, cfg.mask_token_id, core.text.vocab_size, s.mask_prob
         )
         # mask_tokens only chooses here (its 80/10/10 ids are discarded): every chosen clip is
         # replaced by the learned mask vector.
         _, clip_labels = mask_tokens(
-            torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, self.clip_mask_prob
+            torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, s.clip_mask_prob
         )
         masked_clips = clip_labels >= 0  # [B, T]
         eligible = text_mask.any(1) & video_mask.any(1)  # [B]
-        pairs = sample_cross_pairs(batch["video_ids"], eligible, cfg.cross_max_negatives)
+        pairs = sample_cross_pairs(batch["video_ids"], eligible, s.cross_max_negatives)
         out = model(
             text_ids=masked_ids,
             text_mask=text_mask,
@@ -343,11 +281,7 @@ class CBTObjective:
             mlm_positions=text_labels >= 0,
             cross_pairs=pairs,
         )
-        mlm_logits = out["mlm_logits"]  # [M_t, V]
-        if mlm_logits.shape[0]:
-            loss_bert = F.cross_entropy(mlm_logits.float(), text_labels[text_labels >= 0])
-        else:
-            loss_bert = mlm_logits.sum() * 0.0
+        loss_bert = cross_entropy_or_zero(out["mlm_logits"], text_labels[text_labels >= 0])
         # Position of each masked clip in the row-major list of valid clips (its own target).
         valid_index = torch.cumsum(video_mask.flatten().long(), 0) - 1  # [B*T]
         positive_index = valid_index[masked_clips.flatten()]  # [M_v]
@@ -355,16 +289,16 @@ class CBTObjective:
             out["clip_predictions"].float(),
             out["clip_targets"].float(),
             positive_index,
-            cfg.nce_temperature,
-            cfg.nce_max_negatives,
+            s.nce_temperature,
+            s.nce_max_negatives,
         )
         scores = out["cross_scores"].float()  # [B, 1+K]
         anchors = (pairs[:, 0] >= 0) & (pairs[:, 1:] >= 0).any(1)  # own sentence + a negative
         loss_cross = nce_loss(scores[anchors, 0], scores[anchors, 1:], pairs[anchors, 1:] >= 0)
-        loss = self.w_bert * loss_bert + self.w_visual * loss_visual + self.w_cross * loss_cross
+        loss = s.w_text * loss_bert + s.w_video * loss_visual + s.w_align * loss_cross
         return {
             "loss": loss,
-            "loss_bert": loss_bert.detach(),
-            "loss_visual": loss_visual.detach(),
-            "loss_cross": loss_cross.detach(),
+            "text": loss_bert.detach(),
+            "video": loss_visual.detach(),
+            "align": loss_cross.detach(),
         }

@@ -10,12 +10,9 @@ yields finite (ignored) values instead of NaN, while real rows are exact: exp(mi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel
 from transformers import initialization as init
 
 
@@ -24,29 +21,6 @@ def key_padding_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
     bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
     bias = bias.masked_fill(~key_mask, torch.finfo(dtype).min)
     return bias[:, None, None, :]  # [B, 1, 1, N]: broadcast over heads and queries
-
-
-def add_cls_sep(
-    text_ids: Tensor, text_mask: Tensor, cls_id: int, sep_id: int, pad_id: int
-) -> tuple[Tensor, Tensor]:
-    """Frame a padded segment batch as BERT input: `[CLS] tokens [SEP] pad...`.
-
-    text_ids Long [B, L] and text_mask Bool [B, L] with the real tokens first (the segment batch
-    contract). Returns ids [B, L+2] and mask [B, L+2]; token i of the sentence sits at i+1, so
-    outputs[:, 1:L+1] line up with `text_ids`. Raises ValueError if a mask is not a prefix.
-    """
-    batch, length = text_ids.shape
-    lengths = text_mask.sum(1)  # [B]
-    positions = torch.arange(length, device=text_ids.device)
-    if not torch.equal(text_mask, positions[None, :] < lengths[:, None]):
-        raise ValueError("text_mask must mark a prefix of each row (real tokens first)")
-    cls = torch.full((batch, 1), cls_id, dtype=text_ids.dtype, device=text_ids.device)
-    pad = torch.full((batch, 1), pad_id, dtype=text_ids.dtype, device=text_ids.device)
-    ids = torch.cat([cls, torch.where(text_mask, text_ids, pad_id), pad], dim=1)  # [B, L+2]
-    rows = torch.arange(batch, device=text_ids.device)
-    ids[rows, lengths + 1] = sep_id
-    mask = torch.arange(length + 2, device=text_ids.device)[None, :] <= (lengths + 1)[:, None]
-    return ids, mask  # [B, L+2] each
 
 
 class MLP(nn.Module):
@@ -244,64 +218,3 @@ class TokenLearnerV11(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weights = self.attention_weights(x)  # [N, S, P]
         return torch.einsum("nsp,npd->nsd", weights, x)  # [N, S, D]
-
-
-class TiedMaskedLMHead(nn.Module):
-    """BERT MLM head whose decoder is the word-embedding matrix (BertLMPredictionHead).
-
-    The decoder weight is passed in at call time instead of being tied through HF's
-    `_tied_weights_keys`, so the checkpoint holds it once and loading needs no tying step.
-    h [..., D], embedding_weight [V, D] -> logits [..., V].
-    """
-
-    def __init__(self, dim: int, vocab_size: int, eps: float = 1e-12) -> None:
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, h: Tensor, embedding_weight: Tensor) -> Tensor:
-        h = self.norm(F.gelu(self.dense(h)))
-        return F.linear(h, embedding_weight, self.bias)
-
-
-def read_bert_directory(text_model_path: str | Path) -> tuple[Path, BertConfig, dict[str, int]]:
-    """Check a local HF BERT directory: (path, its BertConfig, {"cls_token_id", "sep_token_id",
-    "mask_token_id", "pad_token_id"} from its tokenizer, so another vocabulary works).
-
-    Raises FileNotFoundError without config.json, ValueError if it is not a BERT or its
-    tokenizer lacks a special token.
-    """
-    path = Path(text_model_path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no config.json; expected a local HF BERT directory")
-    text_config = AutoConfig.from_pretrained(path)
-    if text_config.model_type != "bert":
-        raise ValueError(f"{path}: model_type {text_config.model_type!r}, expected 'bert'")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    special_ids = {
-        "cls_token_id": tokenizer.cls_token_id,
-        "sep_token_id": tokenizer.sep_token_id,
-        "mask_token_id": tokenizer.mask_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    missing = [name for name, value in special_ids.items() if value is None]
-    if missing:
-        raise ValueError(f"{path}: tokenizer lacks special tokens {missing}")
-    return path, text_config, special_ids
-
-
-def load_bert_text_tower(
-    text_model_path: str | Path,
-) -> tuple[BertConfig, dict[str, Tensor], dict[str, int]]:
-    """Read a local HF BERT directory for use as a text tower without a pooler.
-
-    Returns (its BertConfig, its encoder weights without `pooler.*`, its special ids); raises as
-    `read_bert_directory`.
-    """
-    path, _, special_ids = read_bert_directory(text_model_path)
-    # Loaded with the pooler (as BERT checkpoints are saved) so loading reports nothing unexpected;
-    # the towers here pool themselves, so its weights are dropped.
-    bert = BertModel.from_pretrained(path)
-    weights = {k: v for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
-    return bert.config, weights, special_ids

@@ -34,25 +34,22 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.utils import ModelOutput
 
+from pipeline.losses import cross_entropy_or_zero
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
-from pipeline.models.layers import read_bert_directory
+from pipeline.models.settings import VideoBERTObjectiveSettings, VideoBERTSettings
 
 MASKED_VISUAL_WORD = -2  # value in `video_tokens` for "this clip is [MASK]"
 
 
 class VideoBERTConfig(VLConfig):
-    """VLConfig plus the two VideoBERT-specific choices."""
+    """VLConfig + the fields of `VideoBERTSettings`."""
 
     model_type = "vlpipe-videobert"
+    settings_class = VideoBERTSettings
 
-    def __init__(
-        self,
-        freeze_visual_embeddings: bool = True,  # the paper freezes the visual rows (methods.md 1.3)
-        tie_visual_decoder: bool = False,  # True: the visual-word softmax reuses the visual rows
-        **kwargs,
-    ) -> None:
-        self.freeze_visual_embeddings = freeze_visual_embeddings
-        self.tie_visual_decoder = tie_visual_decoder
+    def __init__(self, **kwargs) -> None:
+        # transformers 5 turns config subclasses without their own __init__ into dataclasses
+        # whose generated __init__ would bypass VLConfig's.
         super().__init__(**kwargs)
 
 
@@ -195,47 +192,23 @@ class VideoBERTForPretraining(VLPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings
 
-    @classmethod
-    def from_text_checkpoint(
-        cls,
-        text_model_path: str,
-        num_visual_words: int,
-        centroids: np.ndarray | None,
-        **config_overrides,
-    ) -> VideoBERTForPretraining:
-        """VideoBERT initialised from a local HuggingFace BERT directory (methods.md 1.5).
+    @torch.no_grad()
+    def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
+        """Initialise from a local HuggingFace BERT directory (methods.md 1.5).
 
         Loads the encoder (and pooler) with `BertModel.from_pretrained`; BERT's MLM transform and
         bias and its NSP classifier (as the alignment logit, is-next minus not-next) too when the
-        checkpoint has them. Special ids come from the tokenizer in that directory unless
-        `config_overrides` sets them. `[>]` starts as a copy of `[SEP]`, the separator the text
-        tower already knows. Visual rows come from `centroids` [V, F] via `project_centroids`,
-        else normal init. Raises FileNotFoundError / ValueError naming the path.
+        checkpoint has them. `[>]` starts as a copy of `[SEP]`, the separator the text tower
+        already knows. Visual rows come from `centroids` [V, F] via `project_centroids`, else
+        they keep their normal init.
         """
-        path, text_config, special = read_bert_directory(text_model_path)
+        self.bert.load_state_dict(BertModel.from_pretrained(path).state_dict())
+        self._load_pretraining_heads(path)
+        word = self.bert.embeddings.word_embeddings.weight
+        self.join_embedding.copy_(word[self.config.sep_token_id])
         if centroids is not None:
-            centroids = np.asarray(centroids)
-            if centroids.ndim != 2 or centroids.shape[0] != num_visual_words:
-                raise ValueError(
-                    f"centroids of shape {centroids.shape} do not match "
-                    f"num_visual_words={num_visual_words}"
-                )
-            config_overrides.setdefault("feat_dim", int(centroids.shape[1]))
-        config = VideoBERTConfig(
-            text_config=text_config.to_dict(),
-            num_visual_words=num_visual_words,
-            **{**special, **config_overrides},
-        )
-        model = cls(config)
-        model.bert.load_state_dict(BertModel.from_pretrained(path).state_dict())
-        model._load_pretraining_heads(path)
-        with torch.no_grad():
-            word = model.bert.embeddings.word_embeddings.weight
-            model.join_embedding.copy_(word[config.sep_token_id])
-            if centroids is not None:
-                rows = project_centroids(centroids, word.shape[1], float(word.std()))
-                model.visual_word_embeddings.weight.copy_(rows)
-        return model
+            rows = project_centroids(centroids, word.shape[1], float(word.std()))
+            self.visual_word_embeddings.weight.copy_(rows)
 
     @torch.no_grad()
     def _load_pretraining_heads(self, path: Path) -> None:
@@ -274,6 +247,10 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         """
         batch, text_len = text_ids.shape
         device = text_ids.device
+        if video_tokens.shape[1] > self.config.max_clips:
+            raise ValueError(
+                f"{video_tokens.shape[1]} clips exceed max_clips {self.config.max_clips}"
+            )
         video_kept = video_mask & ((video_tokens >= 0) | (video_tokens == MASKED_VISUAL_WORD))
         text_kept = text_mask.bool()
         has_video = video_kept.any(1, keepdim=True)  # [B, 1]: whether the row has `[>]`
@@ -411,45 +388,22 @@ class VideoBERTObjective:
     random phase (methods.md 1.2). For `negative_fraction` of the text-video rows the clips are
     replaced by those of the nearest row (rolling the batch from a random shift) whose video_ids
     differ; such a row is the alignment negative (methods.md 1.4 leaves the negatives unstated;
-    a sentence from another video is the BERT-NSP default). Masking: `mask_tokens` (15 %,
-    80/10/10), random replacements drawn from WordPiece for text and from the V visual words
-    for clips. All randomness uses torch's global RNG, which Accelerate checkpoints restore.
+    a sentence from another video is the BERT-NSP default). Masking: `mask_tokens` (`mask_prob` of
+    the words, `clip_mask_prob` of the clips; 80/10/10), random replacements drawn from WordPiece
+    for text and from the V visual words for clips. All randomness uses torch's global RNG, which
+    Accelerate checkpoints restore.
 
     The weights and regime probabilities are not given by the paper (methods.md 1.4, 9): the
     defaults are equal weights and 60 % text-video rows.
     """
 
-    def __init__(
-        self,
-        w_text: float = 1.0,  # weight of the text masked-LM loss
-        w_video: float = 1.0,  # weight of the masked visual-word loss
-        w_align: float = 1.0,  # weight of the alignment loss
-        mask_prob: float = 0.15,  # BERT's masking rate, text and video alike
-        max_subsample: int = 5,  # clip subsampling rate drawn from 1..max_subsample
-        p_text_only: float = 0.2,  # share of rows in the text-only regime
-        p_video_only: float = 0.2,  # share of rows in the video-only regime
-        negative_fraction: float = 0.5,  # share of text-video rows given another video's clips
-    ) -> None:
-        if min(w_text, w_video, w_align) < 0:
-            raise ValueError("loss weights must be >= 0")
-        if not 0 < mask_prob <= 1 or max_subsample < 1:
-            raise ValueError(
-                f"need 0 < mask_prob <= 1 and max_subsample >= 1, got {mask_prob}, {max_subsample}"
-            )
-        if min(p_text_only, p_video_only) < 0 or p_text_only + p_video_only > 1:
-            raise ValueError("regime probabilities must be >= 0 and sum to <= 1")
-        if not 0 <= negative_fraction <= 1:
-            raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction}")
-        self.w_text, self.w_video, self.w_align = w_text, w_video, w_align
-        self.mask_prob = mask_prob
-        self.max_subsample = max_subsample
-        self.p_text_only, self.p_video_only = p_text_only, p_video_only
-        self.negative_fraction = negative_fraction
+    def __init__(self, settings: VideoBERTObjectiveSettings | None = None) -> None:
+        self.settings = settings or VideoBERTObjectiveSettings()
 
     def subsample_clips(self, video_mask: Tensor) -> Tensor:
         """Bool [B, T] -> Bool [B, T]: each row keeps every s-th real clip, at least one."""
         batch, device = video_mask.shape[0], video_mask.device
-        rate = torch.randint(1, self.max_subsample + 1, (batch, 1), device=device)
+        rate = torch.randint(1, self.settings.max_subsample + 1, (batch, 1), device=device)
         rank = video_mask.long().cumsum(1) - 1  # [B, T] index among the row's real clips
         n_real = video_mask.sum(1, keepdim=True).clamp(min=1)
         phase = (torch.rand((batch, 1), device=device) * torch.minimum(rate, n_real)).long()
@@ -461,7 +415,7 @@ class VideoBERTObjective:
         rows = torch.arange(batch, device=device)
         if batch < 2:
             return rows
-        wants = pair & (torch.rand(batch, device=device) < self.negative_fraction)
+        wants = pair & (torch.rand(batch, device=device) < self.settings.negative_fraction)
         # Shifts 1..B-1 in a cyclic order that starts at a random one; row i tries i + shift.
         start = torch.randint(batch - 1, (1,), device=device)
         shifts = 1 + (start + torch.arange(batch - 1, device=device)) % (batch - 1)  # [B-1]
@@ -472,7 +426,8 @@ class VideoBERTObjective:
         return torch.where(wants & found, donors[rows, first], rows)
 
     def __call__(self, model: VideoBERTForPretraining, batch: Batch) -> dict[str, Tensor]:
-        """Segment batch -> {"loss", "text_mlm", "video_mlm", "align", "align_acc"}.
+        """Segment batch -> {"loss", "text", "video", "align", "align_acc"} (masked words, masked
+        visual words, alignment, alignment accuracy).
 
         "loss" is the weighted sum with its graph; the others are detached for logging. A term
         with no rows in the batch is 0 (kept in the graph); align_acc is NaN then. `model` may
@@ -480,6 +435,7 @@ class VideoBERTObjective:
         inner module; every trainable parameter gets a gradient each step, as DDP expects.
         """
         core: VideoBERTForPretraining = getattr(model, "module", model)
+        s = self.settings
         text_ids, text_mask = batch["text_ids"], batch["text_mask"].bool()
         video_tokens = batch["video_tokens"]
         video_mask = batch["video_mask"].bool() & (video_tokens >= 0)
@@ -488,10 +444,8 @@ class VideoBERTObjective:
         has_text, has_video = text_mask.any(1), video_mask.any(1)
 
         draw = torch.rand(text_ids.shape[0], device=device)
-        wants_text_only = draw < self.p_text_only
-        wants_video_only = (draw >= self.p_text_only) & (
-            draw < self.p_text_only + self.p_video_only
-        )
+        wants_text_only = draw < s.p_text_only
+        wants_video_only = (draw >= s.p_text_only) & (draw < s.p_text_only + s.p_video_only)
         use_text = has_text & ~(wants_video_only & has_video)
         use_video = has_video & ~(wants_text_only & has_text)
         pair = use_text & use_video
@@ -505,14 +459,14 @@ class VideoBERTObjective:
         # Negatives are masked like positives, or "has [MASK]" would give their label away; their
         # MLM terms are dropped because the other modality is the wrong context to predict from.
         masked_text, text_labels = mask_tokens(
-            text_ids, word_mask, core.config.mask_token_id, core.text_vocab_size, self.mask_prob
+            text_ids, word_mask, core.config.mask_token_id, core.text_vocab_size, s.mask_prob
         )
         masked_clips, clip_labels = mask_tokens(
             clip_tokens,
             clip_mask,
             MASKED_VISUAL_WORD,
             core.config.num_visual_words,
-            self.mask_prob,
+            s.clip_mask_prob,
         )
         text_labels[negative] = -100
         clip_labels[negative] = -100
@@ -524,12 +478,12 @@ class VideoBERTObjective:
         # Decode only the masked slots: [M, D] -> [M, vocab] instead of every position.
         text_rows, text_cols = (text_labels != -100).nonzero(as_tuple=True)
         text_hidden = hidden[text_rows, packed.text_index[text_rows, text_cols]]  # [M, D]
-        text_mlm = _mean_cross_entropy(
+        text_mlm = cross_entropy_or_zero(
             core.text_logits(text_hidden), text_labels[text_rows, text_cols]
         )
         clip_rows, clip_cols = (clip_labels != -100).nonzero(as_tuple=True)
         clip_hidden = hidden[clip_rows, packed.video_index[clip_rows, clip_cols]]  # [M', D]
-        video_mlm = _mean_cross_entropy(
+        video_mlm = cross_entropy_or_zero(
             core.video_logits(clip_hidden), clip_labels[clip_rows, clip_cols]
         )
 
@@ -542,18 +496,11 @@ class VideoBERTObjective:
             align = align_logits.sum() * 0.0
             align_acc = torch.tensor(float("nan"), device=device)
 
-        loss = self.w_text * text_mlm + self.w_video * video_mlm + self.w_align * align
+        loss = s.w_text * text_mlm + s.w_video * video_mlm + s.w_align * align
         return {
             "loss": loss,
-            "text_mlm": text_mlm.detach(),
-            "video_mlm": video_mlm.detach(),
+            "text": text_mlm.detach(),
+            "video": video_mlm.detach(),
             "align": align.detach(),
             "align_acc": align_acc.detach(),
         }
-
-
-def _mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """logits [M, C], labels [M] -> mean CE; 0 (still in the graph) when M == 0."""
-    if labels.numel() == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels)

@@ -27,81 +27,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import BertConfig, BertModel
+from transformers import BertConfig
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 
-from pipeline.losses import nce_with_pool_negatives, soft_assignment, soft_target_kl
-from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
-from pipeline.models.layers import (
-    CoAttentionLayer,
-    TiedMaskedLMHead,
-    TokenLearnerV11,
-    TransformerBlock,
-    add_cls_sep,
-    load_bert_text_tower,
+from pipeline.losses import (
+    cross_entropy_or_zero,
+    nce_with_pool_negatives,
+    soft_assignment,
+    soft_target_kl,
 )
+from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
+from pipeline.models.layers import CoAttentionLayer, TokenLearnerV11, TransformerBlock
+from pipeline.models.settings import ViLBERTObjectiveSettings, ViLBERTSettings
+from pipeline.models.text import TextTower, TiedMaskedLMHead
 
 
 class ViLBERTConfig(VLConfig):
-    """Two-stream sizes, co-attention placement and visual-target settings."""
+    """VLConfig + the fields of `ViLBERTSettings`."""
 
     model_type = "vlpipe-vilbert"
+    settings_class = ViLBERTSettings
 
-    def __init__(
-        self,
-        visual_hidden: int = 384,  # D_v (reference: 1024 beside a 768 text stream)
-        visual_layers: int = 3,  # one visual TRM after each Co-TRM, as in the reference
-        visual_heads: int = 6,
-        visual_intermediate: int = 1536,
-        bi_hidden: int = 384,  # co-attention width (reference: 1024, 8 heads)
-        bi_heads: int = 6,
-        t_biattention_id: list[int] | None = None,  # Co-TRM before these text layers; [3, 4, 5]
-        v_biattention_id: list[int] | None = None,  # ... and before these visual layers; [0, 1, 2]
-        use_token_learner: bool = False,  # S tokens per clip from video_fmap (methods.md 4.2)
-        num_learned_tokens: int = 8,  # S; scenic's EncoderMod default
-        token_learner_bottleneck: int = 64,  # MLP width inside TokenLearner v1.1
-        visual_target_temperature: float = 0.1,  # τ of softmax(-d²_k / (τ · median_k d²)), unit-free
-        nce_temperature: float = 0.1,  # masked-clip NCE when num_visual_words == 0
-        nce_max_negatives: int = 1024,  # cap on sampled clip negatives; 0 = all
-        hidden_dropout: float = 0.1,
-        layer_norm_eps: float = 1e-12,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ) -> None:
-        self.visual_hidden = visual_hidden
-        self.visual_layers = visual_layers
-        self.visual_heads = visual_heads
-        self.visual_intermediate = visual_intermediate
-        self.bi_hidden = bi_hidden
-        self.bi_heads = bi_heads
-        self.t_biattention_id = list(
-            t_biattention_id if t_biattention_id is not None else [3, 4, 5]
-        )
-        self.v_biattention_id = list(
-            v_biattention_id if v_biattention_id is not None else [0, 1, 2]
-        )
-        self.use_token_learner = use_token_learner
-        self.num_learned_tokens = num_learned_tokens
-        self.token_learner_bottleneck = token_learner_bottleneck
-        self.visual_target_temperature = visual_target_temperature
-        self.nce_temperature = nce_temperature
-        self.nce_max_negatives = nce_max_negatives
-        self.hidden_dropout = hidden_dropout
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
+    def __init__(self, **kwargs) -> None:
+        # transformers 5 turns config subclasses without their own __init__ into dataclasses
+        # whose generated __init__ would bypass VLConfig's.
         super().__init__(**kwargs)
 
 
-def _check_layout(t_ids: list[int], v_ids: list[int], text_layers: int, visual_layers: int) -> None:
-    """Co-TRM ids must pair up and be strictly increasing within each stream's range."""
-    if len(t_ids) != len(v_ids):
-        raise ValueError(f"t_biattention_id {t_ids} and v_biattention_id {v_ids} differ in length")
-    for name, ids, limit in (("t", t_ids, text_layers), ("v", v_ids, visual_layers)):
-        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)) or any(
-            not 0 <= i <= limit for i in ids
-        ):
-            raise ValueError(f"{name}_biattention_id {ids}: need increasing ids in [0, {limit}]")
+def _check_layout(t_ids: list[int], text_layers: int) -> None:
+    """Co-TRMs sit before text layers 0..text_layers (the visual side is checked by the settings)."""
+    if any(not 0 <= i <= text_layers for i in t_ids):
+        raise ValueError(f"t_biattention_id {t_ids}: need ids in [0, {text_layers}]")
 
 
 class ViLBERTForPretraining(VLPreTrainedModel):
@@ -111,59 +68,60 @@ class ViLBERTForPretraining(VLPreTrainedModel):
 
     def __init__(self, config: ViLBERTConfig) -> None:
         super().__init__(config)
+        settings: ViLBERTSettings = config.settings()
         text_config = BertConfig(**config.text_config)
-        _check_layout(
-            config.t_biattention_id,
-            config.v_biattention_id,
-            text_config.num_hidden_layers,
-            config.visual_layers,
+        _check_layout(settings.t_biattention_id, text_config.num_hidden_layers)
+        vis = settings.visual
+        d_t, d_v = text_config.hidden_size, vis.hidden
+        eps, dropout = settings.layer_norm_eps, settings.hidden_dropout
+        self.text = TextTower(
+            text_config, config.cls_token_id, config.sep_token_id, config.pad_token_id
         )
-        d_t, d_v = text_config.hidden_size, config.visual_hidden
-        eps, dropout = config.layer_norm_eps, config.hidden_dropout
-        self.text = BertModel(text_config, add_pooling_layer=False)
         # Visual embeddings (methods.md 3.4): position 0 is the IMG token, clip t is t+1.
         self.clip_projection = nn.Linear(config.feat_dim, d_v)
-        self.clip_positions = nn.Embedding(config.max_clips + 1, d_v)
+        self.clip_positions = nn.Embedding(settings.max_clips + 1, d_v)
         self.visual_norm = nn.LayerNorm(d_v, eps=eps)
         self.visual_dropout = nn.Dropout(dropout)
         self.token_learner: TokenLearnerV11 | None = None
         self.token_slots: nn.Embedding | None = None
-        if config.use_token_learner:
+        if settings.use_token_learner:
             self.token_learner = TokenLearnerV11(
-                config.feat_dim, config.num_learned_tokens, config.token_learner_bottleneck
+                config.feat_dim, settings.num_learned_tokens, settings.token_learner_bottleneck
             )
-            self.token_slots = nn.Embedding(config.num_learned_tokens, d_v)  # which of the S maps
+            self.token_slots = nn.Embedding(settings.num_learned_tokens, d_v)  # which of S maps
         self.visual_layers = nn.ModuleList(
-            TransformerBlock(d_v, config.visual_heads, config.visual_intermediate, dropout, eps)
-            for _ in range(config.visual_layers)
+            TransformerBlock(d_v, vis.heads, vis.intermediate, dropout, eps)
+            for _ in range(vis.layers)
         )
         self.co_layers = nn.ModuleList(
             CoAttentionLayer(
                 d_t,
                 d_v,
-                config.bi_hidden,
-                config.bi_heads,
+                settings.bi_hidden,
+                settings.bi_heads,
                 text_config.intermediate_size,
-                config.visual_intermediate,
+                vis.intermediate,
                 dropout,
                 eps,
             )
-            for _ in config.t_biattention_id
+            for _ in settings.t_biattention_id
         )
-        # Heads (methods.md 3.5): MLM tied to the word embeddings; BertImagePredictionHead to the
-        # V visual words (KL) or, without a vocabulary, back to the F-dim feature (NCE).
-        self.mlm_head = TiedMaskedLMHead(d_t, text_config.vocab_size, text_config.layer_norm_eps)
+        # Heads (methods.md 3.5): MLM tied to the word embeddings (in the text tower);
+        # BertImagePredictionHead to the V visual words (KL) or, without a vocabulary, back to
+        # the F-dim feature (NCE).
         clip_out = config.num_visual_words if config.num_visual_words > 0 else config.feat_dim
         self.clip_head = nn.Sequential(
             nn.Linear(d_v, d_v), nn.GELU(), nn.LayerNorm(d_v, eps=eps), nn.Linear(d_v, clip_out)
         )
-        self.text_pooler = nn.Linear(d_t, config.bi_hidden)  # BertTextPooler (+ ReLU)
-        self.visual_pooler = nn.Linear(d_v, config.bi_hidden)  # BertImagePooler (+ ReLU)
+        self.text_pooler = nn.Linear(d_t, settings.bi_hidden)  # BertTextPooler (+ ReLU)
+        self.visual_pooler = nn.Linear(d_v, settings.bi_hidden)  # BertImagePooler (+ ReLU)
         self.pooled_dropout = nn.Dropout(dropout)
-        self.alignment_head = nn.Linear(config.bi_hidden, 2)  # class 1 = aligned
+        self.alignment_head = nn.Linear(settings.bi_hidden, 2)  # class 1 = aligned
         if config.num_visual_words > 0:
             # Faiss centroids [V, F] for the soft targets; saved with the weights.
             self.register_buffer("centroids", torch.zeros(config.num_visual_words, config.feat_dim))
+        self.layout = (settings.t_biattention_id, settings.v_biattention_id)
+        self.max_clips = settings.max_clips
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -173,35 +131,12 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         elif isinstance(module, TokenLearnerV11):
             module.reset_parameters()  # scenic's xavier init, after the generic Linear init
 
-    @classmethod
-    def from_text_checkpoint(
-        cls,
-        text_model_path: str | Path,
-        centroids: np.ndarray | Tensor | None = None,
-        **config_kwargs,
-    ) -> ViLBERTForPretraining:
-        """New model whose text stream is the local HF BERT at `text_model_path`.
-
-        centroids [V, F] (the faiss visual vocabulary) enable the KL soft-target objective and
-        set num_visual_words = V; without them the masked-clip objective is NCE.
-        """
-        bert_config, bert_weights, special_ids = load_bert_text_tower(text_model_path)
+    def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
+        """BERT weights into the text stream; centroids [V, F] (the faiss visual vocabulary)
+        enable the KL soft-target objective, without them the masked-clip objective is NCE."""
+        self.text.load_checkpoint(path)
         if centroids is not None:
-            centroids = torch.as_tensor(np.asarray(centroids), dtype=torch.float32)
-            if centroids.ndim != 2:
-                raise ValueError(f"centroids must be [V, F], got shape {tuple(centroids.shape)}")
-            config_kwargs["num_visual_words"] = centroids.shape[0]
-            config_kwargs.setdefault("feat_dim", centroids.shape[1])
-            if config_kwargs["feat_dim"] != centroids.shape[1]:
-                raise ValueError(f"centroids of width {centroids.shape[1]} != feat_dim")
-        elif config_kwargs.get("num_visual_words", 0) > 0:
-            raise ValueError("num_visual_words > 0 needs the centroids of the visual vocabulary")
-        config = ViLBERTConfig(text_config=bert_config.to_dict(), **special_ids, **config_kwargs)
-        model = cls(config)
-        model.text.load_state_dict(bert_weights)
-        if centroids is not None:
-            model.centroids.copy_(centroids)
-        return model
+            self.centroids.copy_(torch.as_tensor(centroids, dtype=torch.float32))
 
     # --- streams ----------------------------------------------------------------------------
 
@@ -211,8 +146,8 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         """feats [B, T, F], mask [B, T], optional fmap [B, T, h, w, F] -> visual input
         [B, N_v, D_v], its mask [B, N_v] and S (tokens per clip; 1 without TokenLearner)."""
         batch, num_clips, feat_dim = video_feats.shape
-        if num_clips > self.config.max_clips:
-            raise ValueError(f"{num_clips} clips exceed max_clips {self.config.max_clips}")
+        if num_clips > self.max_clips:
+            raise ValueError(f"{num_clips} clips exceed max_clips {self.max_clips}")
         weights = video_mask.to(video_feats.dtype)  # [B, T]
         count = weights.sum(1, keepdim=True).clamp_min(1.0)  # [B, 1]
         global_feat = (video_feats * weights[..., None]).sum(1) / count  # [B, F], IMG token
@@ -256,22 +191,15 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         Returns text_hidden [B, L+2, D_t], text_attention_mask [B, L+2], visual_hidden
         [B, N_v, D_v], visual_attention_mask [B, N_v], tokens_per_clip S.
         """
-        cfg = self.config
-        ids, text_attention = add_cls_sep(
-            text_ids, text_mask, cfg.cls_token_id, cfg.sep_token_id, cfg.pad_token_id
-        )
-        limit = self.text.config.max_position_embeddings
-        if ids.shape[1] > limit:
-            raise ValueError(
-                f"text of {ids.shape[1] - 2} tokens exceeds the BERT limit {limit - 2}"
-            )
-        text = self.text.embeddings(input_ids=ids)  # [B, L+2, D_t]
+        ids, text_attention = self.text.frame(text_ids, text_mask)
+        bert = self.text.bert
+        text = bert.embeddings(input_ids=ids)  # [B, L+2, D_t]
         # The BERT layers take the mask in the form their attention implementation wants.
         bert_mask = create_bidirectional_mask(
-            config=self.text.config, inputs_embeds=text, attention_mask=text_attention
+            config=bert.config, inputs_embeds=text, attention_mask=text_attention
         )
         visual, visual_attention, per_clip = self.embed_video(video_feats, video_mask, video_fmap)
-        text_layers, t_done, v_done = self.text.encoder.layer, 0, 0
+        text_layers, t_done, v_done = bert.encoder.layer, 0, 0
 
         def run_text(h: Tensor, start: int, stop: int) -> Tensor:
             for layer in text_layers[start:stop]:
@@ -279,9 +207,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
                 h = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple
             return h
 
-        for co_layer, t_id, v_id in zip(
-            self.co_layers, cfg.t_biattention_id, cfg.v_biattention_id, strict=True
-        ):
+        for co_layer, t_id, v_id in zip(self.co_layers, *self.layout, strict=True):
             text = run_text(text, t_done, t_id)
             for layer in self.visual_layers[v_done:v_id]:
                 visual = layer(visual, visual_attention)
@@ -313,7 +239,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         S tokens), pooled [B, bi_hidden] (pooled_t ⊙ pooled_v), alignment_logits [B, 2];
         mlm_logits [M_t, vocab] at mlm_positions Bool [B, L]; clip_predictions [M, V or F] at
         masked_clips Bool [B, T] (row-major)."""
-        fmap = video_fmap if self.config.use_token_learner else None
+        fmap = video_fmap if self.token_learner is not None else None
         out = self.run_streams(text_ids, text_mask, video_feats, video_mask, fmap)
         text_h, visual_h = out["text_hidden"], out["visual_hidden"]
         batch, num_clips = video_mask.shape
@@ -326,7 +252,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         out["alignment_logits"] = self.alignment_head(self.pooled_dropout(out["pooled"]))
         if mlm_positions is not None:
             chosen = text_h[:, 1:-1][mlm_positions]  # [M_t, D_t]; sentence position i is i+1
-            out["mlm_logits"] = self.mlm_head(chosen, self.text.embeddings.word_embeddings.weight)
+            out["mlm_logits"] = self.text.mlm_logits(chosen)
         if masked_clips is not None:
             out["clip_predictions"] = self.clip_head(out["clip_hidden"][masked_clips])
         return out
@@ -350,7 +276,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
     def masked_text_logits(self, batch: Batch) -> Tensor:
         """[B, L, vocab] text-stream MLM logits given the video."""
         text_h = self(**batch)["text_hidden"][:, 1:-1]  # [B, L, D_t]
-        return self.mlm_head(text_h, self.text.embeddings.word_embeddings.weight)
+        return self.text.mlm_logits(text_h)
 
 
 def swap_in_other_video_text(
@@ -372,45 +298,30 @@ def swap_in_other_video_text(
 
 
 class ViLBERTObjective:
-    """`w_mlm·L_mlm + w_visual·L_visual + w_align·L_align` (methods.md 3.5; the reference sums
+    """`w_text·L_mlm + w_video·L_visual + w_align·L_align` (methods.md 3.5; the reference sums
     them unweighted). As in the reference, the masked terms are computed on every row, the
     misaligned ones included."""
 
-    def __init__(
-        self,
-        w_mlm: float = 1.0,
-        w_visual: float = 1.0,
-        w_align: float = 1.0,
-        text_mask_prob: float = 0.15,
-        clip_mask_prob: float = 0.15,
-        clip_zero_prob: float = 0.9,  # of the chosen clips, zeroed; the rest kept (random_region)
-        negative_prob: float = 0.5,
-    ) -> None:
-        self.w_mlm = w_mlm
-        self.w_visual = w_visual
-        self.w_align = w_align
-        self.text_mask_prob = text_mask_prob
-        self.clip_mask_prob = clip_mask_prob
-        self.clip_zero_prob = clip_zero_prob
-        self.negative_prob = negative_prob
+    def __init__(self, settings: ViLBERTObjectiveSettings | None = None) -> None:
+        self.settings = settings or ViLBERTObjectiveSettings()
 
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
         core = getattr(model, "module", model)  # config and buffers of a DDP-wrapped model
-        cfg = core.config
+        cfg, s = core.config, self.settings
         video_feats, video_mask = batch["video_feats"], batch["video_mask"]
         eligible = batch["text_mask"].any(1) & video_mask.any(1)  # [B]
         text_ids, text_mask, swapped = swap_in_other_video_text(
-            batch["text_ids"], batch["text_mask"], batch["video_ids"], eligible, self.negative_prob
+            batch["text_ids"], batch["text_mask"], batch["video_ids"], eligible, s.negative_fraction
         )
         masked_ids, text_labels = mask_tokens(
-            text_ids, text_mask, cfg.mask_token_id, core.text.config.vocab_size, self.text_mask_prob
+            text_ids, text_mask, cfg.mask_token_id, core.text.vocab_size, s.mask_prob
         )
         # mask_tokens only chooses the clips here; the 90% / 10% split follows random_region.
         _, clip_labels = mask_tokens(
-            torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, self.clip_mask_prob
+            torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, s.clip_mask_prob
         )
         chosen = clip_labels >= 0  # [B, T]
-        zeroed = chosen & (torch.rand(chosen.shape, device=chosen.device) < self.clip_zero_prob)
+        zeroed = chosen & (torch.rand(chosen.shape, device=chosen.device) < s.clip_zero_prob)
         feats_in = video_feats.masked_fill(zeroed[..., None], 0.0)
         fmap = batch.get("video_fmap")
         if fmap is not None:
@@ -424,15 +335,11 @@ class ViLBERTObjective:
             mlm_positions=text_labels >= 0,
             masked_clips=chosen,
         )
-        mlm_logits = out["mlm_logits"]  # [M_t, vocab]
-        if mlm_logits.shape[0]:
-            loss_mlm = F.cross_entropy(mlm_logits.float(), text_labels[text_labels >= 0])
-        else:
-            loss_mlm = mlm_logits.sum() * 0.0
+        loss_mlm = cross_entropy_or_zero(out["mlm_logits"], text_labels[text_labels >= 0])
         predictions = out["clip_predictions"].float()  # [M, V] or [M, F]
         if cfg.num_visual_words > 0:
             targets = soft_assignment(
-                video_feats[chosen], core.centroids, cfg.visual_target_temperature, relative=True
+                video_feats[chosen], core.centroids, s.visual_target_temperature, relative=True
             )  # [M, V], from the unmasked features
             loss_visual = soft_target_kl(predictions, targets)
         else:
@@ -441,22 +348,21 @@ class ViLBERTObjective:
                 predictions,
                 video_feats[video_mask].float(),  # [N, F], every valid clip's own feature
                 valid_index[chosen.flatten()],
-                cfg.nce_temperature,
-                cfg.nce_max_negatives,
+                s.nce_temperature,
+                s.nce_max_negatives,
             )
         logits = out["alignment_logits"][eligible].float()  # [B', 2]
         aligned = (~swapped[eligible]).long()  # [B']
+        loss_align = cross_entropy_or_zero(logits, aligned)
         if logits.shape[0]:
-            loss_align = F.cross_entropy(logits, aligned)
             accuracy = (logits.argmax(1) == aligned).float().mean()
         else:
-            loss_align = out["alignment_logits"].sum() * 0.0
-            accuracy = loss_align.detach()
-        loss = self.w_mlm * loss_mlm + self.w_visual * loss_visual + self.w_align * loss_align
+            accuracy = torch.tensor(float("nan"), device=logits.device)
+        loss = s.w_text * loss_mlm + s.w_video * loss_visual + s.w_align * loss_align
         return {
             "loss": loss,
-            "loss_mlm": loss_mlm.detach(),
-            "loss_visual": loss_visual.detach(),
-            "loss_align": loss_align.detach(),
-            "alignment_accuracy": accuracy,
+            "text": loss_mlm.detach(),
+            "video": loss_visual.detach(),
+            "align": loss_align.detach(),
+            "align_acc": accuracy,
         }
