@@ -8,9 +8,9 @@ Three passes over the prep output, each resumable:
    `cluster_config.yaml`, and last `vocab.json`, the commit marker: a rerun with the same
    vocabulary settings loads it instead of refitting; other settings are a ConfigError.
 2. Assign. Every clip gets the id of its nearest leaf centroid. Input shards are never rewritten:
-   each gets a sidecar `tokens/{shard}.npz` (sample key -> int32 [T]), written atomically, and a
-   record in `tokens/manifest.jsonl` naming the shard's sha256 and the vocabulary's, so a rerun
-   skips exactly the shards already done with this vocabulary.
+   each gets a token sidecar (format and writer: `pipeline.visual_words`, which the pretraining
+   loader reads too) whose record names the shard's sha256 and the vocabulary's, so a rerun skips
+   exactly the shards already done with this vocabulary.
 3. Report. `report.json`, `report.md`, a cluster-size histogram and a grid of the clips nearest
    to a sample of words (VideoBERT shows such grids to judge coherence, methods.md 1.1 "how k and
    d were chosen"), from the `thumbs.npy` thumbnails prep stores.
@@ -27,7 +27,6 @@ import logging
 import re
 import tarfile
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +37,19 @@ import numpy as np
 from pipeline.cluster_config import ClusterConfig
 from pipeline.config import ConfigError, save_config, to_dict
 from pipeline.hkmeans import HierarchicalKMeans, HKMeansConfig
-from pipeline.io import (
-    append_jsonl,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    read_jsonl,
-)
+from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from pipeline.shards import file_digest, shard_urls
+from pipeline.visual_words import (
+    load_tokens,
+    shard_name,
+    token_records,
+    valid_record,
+    write_tokens,
+)
 
 log = logging.getLogger("vlpipe.cluster")
 
 VOCAB_FORMAT = "vlpipe.vocab"
-TOKENS_DIR = "tokens"
 # Extraction keys that cannot change feat.npy (input discovery only): mixing them is harmless.
 IGNORED_EXTRACTION_KEYS = ("extensions",)
 # webdataset's rule: the key is the member path up to the first dot of its basename.
@@ -69,35 +68,6 @@ class ShardSample:
     feat: np.ndarray  # float16 [T, F]
     meta: dict[str, Any]
     thumbs: np.ndarray | None  # uint8 [T, s, s, 3], or None when prep stored none
-
-
-def shard_name(shard_url: str | Path) -> str:
-    """`/prep/shard-000-000001.tar` -> `shard-000-000001`."""
-    return Path(str(shard_url)).name.removesuffix(".tar")
-
-
-def tokens_path(vocab_dir: str | Path, shard_url: str | Path) -> Path:
-    return Path(vocab_dir) / TOKENS_DIR / f"{shard_name(shard_url)}.npz"
-
-
-def load_tokens(vocab_dir: str | Path, shard_url: str | Path) -> dict[str, np.ndarray]:
-    """Visual words of one shard: sample key -> int32 [T]. Raises FileNotFoundError if absent."""
-    path = tokens_path(vocab_dir, shard_url)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no tokens for shard {shard_url} (run vlpipe cluster)")
-    with np.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
-
-
-def tokens_npz_bytes(tokens: dict[str, np.ndarray]) -> bytes:
-    """The `np.savez` layout (one `{key}.npy` per sample), built by hand because `np.savez(f,
-    **tokens)` would break on a sample key that clashes with its own argument name `file`."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, arr in tokens.items():
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(arr, np.int32), allow_pickle=False)
-    return buf.getvalue()
 
 
 def iter_shard(url: str, thumbs: bool = False) -> Iterator[ShardSample]:
@@ -364,36 +334,18 @@ def run_cluster(cfg: ClusterConfig, shards_dir: Path, out_dir: Path) -> dict[str
     collector = NearestClips(grid_words, centroids, cfg.report.thumbs_per_word)
 
     # Pass 2: tokens, shard by shard; a shard is done when its record matches shard + vocabulary.
-    records = {r["name"]: r for r in read_jsonl(out / TOKENS_DIR / "manifest.jsonl")}
+    records = token_records(out)
     assigned, skipped, current = [], [], {}
     for url in tqdm(urls, desc="cluster: assign", disable=not cfg.progress, unit="shard"):
         name = shard_name(url)
         sha = shard_sha.get(Path(url).name) or file_digest(Path(url))
-        rec = records.get(name)
-        if (
-            rec is not None
-            and rec["shard_sha256"] == sha
-            and rec["vocab_sha256"] == vocab["vocab_sha256"]
-            and tokens_path(out, url).is_file()
-            and tokens_path(out, url).stat().st_size == rec["bytes"]
-        ):
+        if valid_record(out, url, records.get(name), sha, vocab["vocab_sha256"]):
             skipped.append(url)
-            current[name] = rec
+            current[name] = records[name]
             continue
         tokens = assign_shard(cfg, hk, url, ref, collector if len(grid_words) else None)
-        data = tokens_npz_bytes(tokens)
-        atomic_write_bytes(tokens_path(out, url), data)
-        rec = {
-            "name": name,
-            "shard_sha256": sha,
-            "vocab_sha256": vocab["vocab_sha256"],
-            "samples": len(tokens),
-            "clips": int(sum(t.shape[0] for t in tokens.values())),
-            "bytes": len(data),
-        }
-        append_jsonl(out / TOKENS_DIR / "manifest.jsonl", rec)
+        current[name] = write_tokens(out, url, tokens, sha, vocab["vocab_sha256"])
         assigned.append(url)
-        current[name] = rec
 
     report = write_report(cfg, out, hk, vocab, urls, current, skipped, collector, notes)
     return {

@@ -17,14 +17,13 @@ from data_prep.cluster import (
     ClusterError,
     ReservoirSample,
     iter_shard,
-    load_tokens,
     print_cluster_summary,
     run_cluster,
-    tokens_path,
 )
 from pipeline.cluster_config import ClusterConfig
 from pipeline.config import ConfigError, load_config
 from pipeline.shards import file_digest, npy_bytes, shard_urls
+from pipeline.visual_words import load_tokens, tokens_path
 
 F = 64  # feature width of the synthetic corpus
 REPO = Path(__file__).resolve().parent.parent
@@ -295,3 +294,20 @@ def test_load_tokens_missing_and_configs(tmp_path: Path) -> None:
         load_config(ClusterConfig, None, ["k=1"])
     with pytest.raises(ConfigError, match="unknown key report.colour"):
         load_config(ClusterConfig, None, ["report.colour=1"])
+
+
+def test_token_sidecar_round_trip(tmp_path: Path) -> None:
+    """The library's writer and reader agree (a key named `file` included: np.savez's argument)."""
+    from pipeline.visual_words import token_records, valid_record, write_tokens
+
+    tokens = {"file": np.array([3, 1, 4]), "video_b-0001": np.zeros(0, np.int64)}
+    rec = write_tokens(tmp_path, "/prep/shard-000-000002.tar", tokens, "shard-sha", "vocab-sha")
+    assert rec == {**rec, "name": "shard-000-000002", "samples": 2, "clips": 3}
+    got = load_tokens(tmp_path, "shard-000-000002.tar")
+    assert got.keys() == tokens.keys() and all(v.dtype == np.int32 for v in got.values())
+    np.testing.assert_array_equal(got["file"], [3, 1, 4])
+    assert token_records(tmp_path) == {"shard-000-000002": rec}
+    assert valid_record(tmp_path, "shard-000-000002.tar", rec, "shard-sha", "vocab-sha")
+    assert not valid_record(tmp_path, "shard-000-000002.tar", rec, "other", "vocab-sha")
+    tokens_path(tmp_path, "shard-000-000002.tar").write_bytes(b"torn")
+    assert not valid_record(tmp_path, "shard-000-000002.tar", rec, "shard-sha", "vocab-sha")
