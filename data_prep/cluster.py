@@ -38,7 +38,7 @@ from data_prep.cluster_input import (
 from data_prep.cluster_report import NearestClips, choose_grid_words, write_report
 from pipeline.cluster_config import ClusterConfig
 from pipeline.config import ConfigError, save_config
-from pipeline.hkmeans import HierarchicalKMeans, HKMeansConfig
+from pipeline.hkmeans import HierarchicalKMeans
 from pipeline.io import atomic_write_json, read_jsonl
 from pipeline.shards import file_digest, shard_urls
 from pipeline.visual_words import (
@@ -130,22 +130,11 @@ def fit_vocab(
             n_samples += 1
     if sample.filled == 0:
         raise ClusterError(f"{shards_dir}: no clips to cluster in {len(urls)} shard(s)")
-    hk_cfg = HKMeansConfig(
-        depth=cfg.depth,
-        k=cfg.k,
-        niter=cfg.niter,
-        nredo=cfg.nredo,
-        init=cfg.init,
-        points_per_centroid=cfg.points_per_centroid,
-        seed=cfg.seed,
-        use_gpu=cfg.use_gpu,
-        tiny_cluster_size=cfg.report.tiny_cluster_size,
-    )
     t0 = time.perf_counter()
     x = sample.rows()
     sample.buf = None  # free the float16 reservoir before k-means allocates
     log.info("fitting %d x %d hierarchical k-means on %d x %d", cfg.depth, cfg.k, *x.shape)
-    hk = HierarchicalKMeans(hk_cfg).fit(x)
+    hk = HierarchicalKMeans(cfg.hkmeans()).fit(x)
     hk.save(out)  # not atomic: vocab.json, written last, marks the vocabulary complete
     save_config(cfg, out / "cluster_config.yaml")
     vocab = {
