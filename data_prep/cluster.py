@@ -109,10 +109,49 @@ def load_vocab(cfg: ClusterConfig, out: Path) -> tuple[HierarchicalKMeans, dict]
     return HierarchicalKMeans.load(out, use_gpu=cfg.use_gpu), vocab
 
 
+def vocabulary_size_problem(cfg: ClusterConfig, clips: int, dim: int) -> tuple[str, bool] | None:
+    """(message, is_error) when `cfg.num_words` words do not suit a corpus of `clips` clips.
+
+    A word needs clips to mean anything (methods.md 1.1: VideoBERT's 20,736 words were fit on
+    ~55M clips). More words than clips leaves words empty for sure: an error unless `cfg.force`.
+    Fewer than `report.tiny_cluster_size` clips per word on average (the report's "tiny" bound)
+    is allowed with a warning. The message names the numbers and a depth or k that fits.
+    """
+    words, per_word = cfg.num_words, max(cfg.report.tiny_cluster_size, 1)
+    if words * per_word <= clips:
+        return None
+    fit = max(clips // per_word, 1)  # the most words that still get `per_word` clips each
+    depth = next((d for d in range(cfg.depth, 0, -1) if cfg.k**d <= fit), 0)
+    k = int(fit ** (1 / cfg.depth))
+    while (k + 1) ** cfg.depth <= fit:  # float root: 64 ** (1 / 3) is 3.9999...
+        k += 1
+    options = [f"depth={depth} ({cfg.k**depth} words)"] * (depth > 0)
+    options += [f"k={k} ({k**cfg.depth} words at depth {cfg.depth})"] * (k >= 2)
+    suggest = (" or ".join(options) or "fewer words") + f" gives at least {per_word} clips per word"
+    head = f"depth/k: {cfg.depth} x {cfg.k} = {words:,} visual words for {clips:,} clips"
+    if words > clips:
+        size_mb = words * dim * 4 / 1e6
+        return (
+            f"{head}: at least {words - clips:,} words would stay empty ({size_mb:,.0f} MB of leaf "
+            f"centroids); {suggest}, or set force=true to fit anyway",
+            not cfg.force,
+        )
+    return f"{head} ({clips / words:.1f} clips per word): many words will be tiny; {suggest}", False
+
+
 def fit_vocab(
-    cfg: ClusterConfig, urls: list[str], shards_dir: Path, out: Path, manifest_sha: str | None
+    cfg: ClusterConfig,
+    urls: list[str],
+    shards_dir: Path,
+    out: Path,
+    manifest_sha: str | None,
+    notes: list[str],
 ) -> tuple[HierarchicalKMeans, dict]:
-    """Pass 1: reservoir-sample clip features, fit, and commit the vocabulary into `out`."""
+    """Pass 1: reservoir-sample clip features, fit, and commit the vocabulary into `out`.
+
+    Raises ConfigError, before anything is written, when the vocabulary has more words than the
+    corpus has clips (unless cfg.force); a milder mismatch is logged and added to `notes`.
+    """
     from tqdm import tqdm
 
     sample = ReservoirSample(cfg.num_words * cfg.points_per_centroid, cfg.seed)
@@ -130,6 +169,12 @@ def fit_vocab(
             n_samples += 1
     if sample.filled == 0:
         raise ClusterError(f"{shards_dir}: no clips to cluster in {len(urls)} shard(s)")
+    if problem := vocabulary_size_problem(cfg, sample.seen, dim):
+        message, is_error = problem
+        if is_error:
+            raise ConfigError(message)
+        log.warning("%s%s", message, " (force=true: fitting anyway)" * cfg.force)
+        notes.append(message)
     t0 = time.perf_counter()
     x = sample.rows()
     sample.buf = None  # free the float16 reservoir before k-means allocates
@@ -168,7 +213,8 @@ def run_cluster(cfg: ClusterConfig, shards_dir: Path, out_dir: Path) -> dict[str
     """Fit (or reuse) the vocabulary of `shards_dir`, tokenise every shard, write the report.
 
     Returns the summary dict that `print_cluster_summary` shows. Raises ClusterError on bad or
-    mixed input shards and ConfigError when `out_dir` holds a vocabulary with other settings.
+    mixed input shards, and ConfigError when `out_dir` holds a vocabulary with other settings or
+    when the vocabulary would have more words than the corpus has clips (see `force`).
     """
     from tqdm import tqdm
 
@@ -183,12 +229,11 @@ def run_cluster(cfg: ClusterConfig, shards_dir: Path, out_dir: Path) -> dict[str
     manifest = shards_dir / "manifest.jsonl"
     manifest_sha = file_digest(manifest) if manifest.is_file() else None
     shard_sha = {r["name"]: r.get("sha256") for r in read_jsonl(manifest)}
-    out.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
+    notes: list[str] = []  # out is created by its first write: a refused run leaves no directory
 
     loaded = load_vocab(cfg, out)
     fitted = loaded is None
-    hk, vocab = fit_vocab(cfg, urls, shards_dir, out, manifest_sha) if fitted else loaded
+    hk, vocab = fit_vocab(cfg, urls, shards_dir, out, manifest_sha, notes) if fitted else loaded
     if not fitted and vocab.get("prep_manifest_sha256") != manifest_sha:
         notes.append(
             "the prep manifest changed since the vocabulary was fit; new shards are tokenised "

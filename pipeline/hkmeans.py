@@ -43,14 +43,24 @@ Choices a reader should know:
 """
 
 import json
+import logging
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import faiss
-import numpy as np
+# faiss's loader reports at INFO which CPU build it tries, quoting a ModuleNotFoundError for each
+# build that is not installed: library chatter that reads like an error to a user. Keep it out of
+# the default output; with debug logging on (`vlpipe -v`) it is shown.
+_faiss_loader_log = logging.getLogger("faiss.loader")
+if _faiss_loader_log.level == logging.NOTSET and not logging.getLogger().isEnabledFor(
+    logging.DEBUG
+):
+    _faiss_loader_log.setLevel(logging.WARNING)
 
-from pipeline.cluster_config import HKMeansConfig
+import faiss  # noqa: E402  (after the logger setting above)
+import numpy as np  # noqa: E402
+
+from pipeline.cluster_config import HKMeansConfig  # noqa: E402
 
 _FORMAT = "vlpipe.hkmeans"
 _FORMAT_VERSION = 1
