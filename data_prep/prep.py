@@ -12,7 +12,6 @@ and rerun ends with the same samples as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -215,16 +214,8 @@ class Prep:
         if self.transcriber is None:
             from data_prep.asr import ASRSettings, Transcriber
 
-            a = self.cfg.asr
-            device = resolve_device(a.device, self.local_rank)
-            # ASRConfig's fields carry over by name (it adds `source`; ASRSettings' extra fields
-            # keep their defaults); only the device is resolved here.
-            shared = {
-                f.name: getattr(a, f.name)
-                for f in dataclasses.fields(ASRSettings)
-                if hasattr(a, f.name) and f.name != "device"
-            }
-            self.transcriber = Transcriber(ASRSettings(**shared, device=device.split(":")[0]))
+            device = resolve_device(self.cfg.asr.device, self.local_rank).split(":")[0]
+            self.transcriber = Transcriber(ASRSettings.from_config(self.cfg.asr, device))
         return self.transcriber
 
     # ----------------------------------------------------------------------------- records
