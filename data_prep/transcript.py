@@ -7,7 +7,7 @@ sentences: at punctuation, at long pauses, or after a maximum number of words.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -33,6 +33,10 @@ class Transcript:
     model: str  # model path/name or subtitle file name ("" for none)
     language: str  # ISO code ("en"), "" when unknown
     sentences: list[Sentence]
+    # Whisper segments / words the segment filter dropped, per filter (data_prep/asr_filter.py):
+    # {"repetition": {"segments": 2, "words": 18}, ...}; {} when no filter ran (subtitles, none).
+    # Provenance, not text: prep writes it to meta.json, not to asr.json, and == ignores it.
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
 
     @property
     def words(self) -> list[Word]:
@@ -40,7 +44,9 @@ class Transcript:
 
     def to_json(self) -> dict[str, Any]:
         """The `asr.json` payload of a shard sample (pipeline/shards.py), minus the clip ranges."""
-        return asdict(self)
+        d = asdict(self)
+        del d["dropped"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Transcript:

@@ -127,11 +127,69 @@ def test_silence_and_music_give_no_words(transcriber, vad_filter):
     assert t.transcribe(music(10.0)).sentences == []
 
 
-def test_segment_filter_is_applied(transcriber, narration):
-    # Whisper's own skip needs a high no_speech_prob AND a low logprob; ours drops on either,
-    # so a threshold of 0 must drop even clear speech.
-    t = sharing_model(transcriber, no_speech_threshold=0.0)
-    assert t.transcribe(narration).words == []
+def test_segment_filter_is_applied_and_counted(transcriber, narration):
+    words = len(transcriber.transcribe(narration).words)
+    # A window flagged as no speech keeps its words when they are confident speech...
+    flagged = sharing_model(transcriber, no_speech_threshold=0.0)
+    assert len(flagged.transcribe(narration).words) == words
+    # ...and loses them, counted, when they are not (here: a bar no word can reach).
+    t = sharing_model(transcriber, no_speech_threshold=0.0, confident_word_prob=1.0).transcribe(
+        narration
+    )
+    assert t.words == [] and t.dropped["no_speech"] == {"segments": 1, "words": words}
+    unsure = sharing_model(transcriber, min_word_prob=1.0).transcribe(narration)
+    assert unsure.dropped["low_word_prob"]["words"] == words
+    assert sum(d["words"] for d in unsure.dropped.values()) == words  # one filter per segment
+    # provenance, not text: not in asr.json, ignored by ==
+    assert "dropped" not in t.to_json() and Transcript.from_json(t.to_json()) == t
+
+
+def decoded_windows(transcriber: Transcriber, audio: np.ndarray) -> tuple[Transcript, list]:
+    """transcribe(), also returning the real decoder's segments (a spy, not a mock)."""
+    seen = []
+    spy = copy.copy(transcriber)
+
+    def decode(a):
+        seen.append(transcriber._decode(a))
+        return seen[-1]
+
+    spy._decode = decode
+    return spy.transcribe(audio), seen[0][1]
+
+
+def test_repeated_narration_keeps_its_words(transcriber, tmp_path):
+    """Issue 8 item 3: narration repeating one phrase for a minute lost ~90 % of its words,
+    because each 30 s window's text compresses well (gzip ratio above 2.4) and was dropped."""
+    phrase = "add a cup of flour to the bowl and mix it well."
+    once = espeak(phrase, tmp_path, lead_s=0.0, tail_s=0.5)
+    reps = int(60 * SR / len(once)) + 1
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), np.tile(once, reps)])
+    spoken = reps * len(phrase.split())
+    t, segments = decoded_windows(transcriber, audio)
+    # what the user hit: nearly every word sits in a window the old filter discarded
+    threshold = transcriber.settings.compression_ratio_threshold
+    repetitive = [s for s in segments if s["compression_ratio"] > threshold]
+    assert sum(len(s["words"]) for s in repetitive) > 0.8 * spoken
+    # now: confident repeated speech is kept (tiny.en hears "flour" as "flower" at times)
+    assert len(t.words) > 0.9 * spoken
+    assert {"cup", "bowl", "mix", "well"} <= set(bare(t.words))
+    assert sum(d["words"] for d in t.dropped.values()) < 0.05 * spoken
+
+
+def test_hallucinated_loop_is_still_dropped(transcriber, tmp_path):
+    """Time-reversed speech sounds like speech but holds no words: tiny.en loops on it ("I'm not
+    sure what's going on, but I'm not sure ..."). The repetition filter removes the loop."""
+    text = (
+        "stir the sauce slowly and keep the heat low. now lift the bar above your head and hold "
+        "it. one more time, press the dough flat with both hands. breathe in, and breathe out. "
+        "add a cup of flour to the bowl and mix it well."
+    )
+    reversed_speech = espeak(text, tmp_path, lead_s=0.0, tail_s=0.0)[::-1].copy()
+    t = transcriber.transcribe(reversed_speech)
+    assert t.words == [] and t.dropped["repetition"]["words"] >= 10
+    # without the repetition / no-speech flags the loop would be pretraining text
+    unflagged = sharing_model(transcriber, compression_ratio_threshold=1e9, no_speech_threshold=1)
+    assert len(unflagged.transcribe(reversed_speech).words) >= 10
 
 
 def test_transcribe_rejects_bad_input_and_skips_empty(transcriber):
