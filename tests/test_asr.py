@@ -5,7 +5,9 @@ import copy
 import json
 import re
 import subprocess
+import wave
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -431,3 +433,65 @@ def test_settings_are_built_from_the_prep_config_in_one_place():
     cfg = load_config(PrepConfig, None, ["asr.beam_size=3", "asr.min_word_prob=0.5"])
     got = ASRSettings.from_config(cfg.asr, "cuda", cpu_threads=2)
     assert got == ASRSettings(beam_size=3, min_word_prob=0.5, device="cuda", cpu_threads=2)
+
+
+# --------------------------------------------------------------------------- in `vlpipe prep`
+
+
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    """float32 [N] in [-1, 1] -> 16 kHz mono 16-bit WAV."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.mark.slow
+def test_prep_counts_what_each_filter_dropped(tmp_path, capsys, monkeypatch):
+    """Issue 8 item 3, as the user ran it: `vlpipe prep` on a video narrating one phrase over and
+    over keeps the narration, and per video (meta.json) and in total (the summary) it says how
+    many segments and words each filter dropped (here: a reversed-speech loop, as repetition)."""
+    import media
+    import webdataset as wds
+
+    from pipeline.shards import decode_sample, shard_urls
+    from vlpipe.cli import main as cli_main
+
+    videos, out = tmp_path / "videos", tmp_path / "shards"
+    videos.mkdir()
+    phrase = "add a cup of flour to the bowl and mix it well."
+    once = espeak(phrase, tmp_path, lead_s=0.0, tail_s=0.5)
+    reps = int(32 * SR / len(once)) + 1  # two 30 s windows: 60 s and more is tested above
+    loop_text = (
+        "stir the sauce slowly and keep the heat low. now lift the bar above your head and hold "
+        "it. one more time, press the dough flat with both hands. breathe in, and breathe out. "
+        "add a cup of flour to the bowl and mix it well."
+    )
+    audios = {
+        "repeated": np.concatenate([np.zeros(SR // 2, np.float32), np.tile(once, reps)]),
+        "reversed": espeak(loop_text, tmp_path, lead_s=0.0, tail_s=0.0)[::-1].copy(),
+    }
+    for name, audio in audios.items():
+        wav = write_wav(tmp_path / f"{name}.wav", audio)
+        media.make_video(videos / f"{name}.mp4", len(audio) / SR, 8, (64, 48), audio=wav)
+    args = ["prep", "--input", str(videos), "--output", str(out), "num_workers=0"]
+    args += ["video.fps=8", "video.size=32", "features.batch_size=8", "progress=false"]
+    monkeypatch.setenv("COLUMNS", "200")  # the summary table, one row per line
+    assert cli_main(args) == 0
+    summary = capsys.readouterr().err
+    ds = wds.WebDataset(shard_urls(out), shardshuffle=False, empty_check=False).map(decode_sample)
+    samples = {Path(s["meta.json"]["source"]).stem: s for s in ds}
+
+    repeated, loop = samples["repeated"], samples["reversed"]
+    kept = sum(len(sent["words"]) for sent in repeated["asr.json"]["sentences"])
+    assert kept > 0.9 * reps * len(phrase.split())
+    filters = {"low_logprob", "low_word_prob", "repetition", "no_speech"}
+    assert set(repeated["meta.json"]["asr_dropped"]) == filters
+    assert loop["asr.json"]["sentences"] == [] and "dropped" not in loop["asr.json"]
+    dropped = loop["meta.json"]["asr_dropped"]["repetition"]
+    assert dropped["words"] >= 10
+    total = repeated["meta.json"]["asr_dropped"]["repetition"]["words"] + dropped["words"]
+    line = next(x for x in summary.splitlines() if "dropped by filter" in x)
+    assert f"repetition {total} (" in line
