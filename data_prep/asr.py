@@ -145,6 +145,10 @@ def _default_model_dir() -> Path:
 class Transcriber:
     """Loads a Whisper model once and transcribes many 16 kHz mono float32 [N] signals."""
 
+    # Whisper's temperature fallback on a high compression ratio: off (see `_decode`). True gives
+    # the decoding used before issue 8, which benchmarks/bench_asr.py --repeated compares.
+    ratio_fallback: bool = False
+
     def __init__(self, settings: ASRSettings | None = None) -> None:
         self.settings = s = settings or ASRSettings()
         if s.backend == "faster-whisper":
@@ -233,7 +237,9 @@ class Transcriber:
             # No temperature fallback on a high compression ratio: on repeated narration it
             # swaps confident text for worse samples (asr_filter.py docstring); the filter
             # judges repetition instead. A low logprob still triggers the fallback.
-            compression_ratio_threshold=None,
+            compression_ratio_threshold=s.compression_ratio_threshold
+            if self.ratio_fallback
+            else None,
         )
         if s.backend == "faster-whisper":
             segments, info = self._model.transcribe(
