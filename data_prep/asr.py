@@ -206,7 +206,8 @@ class Transcriber:
         return model.to(s.device)
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
-        """float32 [N] mono 16 kHz in [-1, 1] -> Transcript with sentences and word timestamps."""
+        """float32 [N] mono 16 kHz in [-1, 1] -> Transcript with sentences and word timestamps,
+        and `dropped`: the segments and words each filter of data_prep/asr_filter.py removed."""
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono [N], got shape {audio.shape}")

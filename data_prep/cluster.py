@@ -112,8 +112,8 @@ def load_vocab(cfg: ClusterConfig, out: Path) -> tuple[HierarchicalKMeans, dict]
 def vocabulary_size_problem(cfg: ClusterConfig, clips: int, dim: int) -> tuple[str, bool] | None:
     """(message, is_error) when `cfg.num_words` words do not suit a corpus of `clips` clips.
 
-    A word needs clips to mean anything (methods.md 1.1: VideoBERT's 20,736 words were fit on
-    ~55M clips). More words than clips leaves words empty for sure: an error unless `cfg.force`.
+    A word needs clips to mean anything (VideoBERT: 20,736 words, methods.md 1.1, for 23,186 h of
+    video, 1.2, i.e. ~55M clips of 1.5 s). More words than clips leaves words empty for sure: an error unless `cfg.force`.
     Fewer than `report.tiny_cluster_size` clips per word on average (the report's "tiny" bound)
     is allowed with a warning. The message names the numbers and a depth or k that fits.
     """
