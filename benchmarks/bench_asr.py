@@ -1,7 +1,7 @@
 """Benchmark: faster-whisper against openai-whisper (stage 3, data_prep/asr.py), same tiny.en.
 
 Run:  python benchmarks/bench_asr.py [AUDIO] [--quick] [--openai-checkpoint PATH | --no-convert]
-                                    [--threads N] [--repeats R] [--wer]
+                                    [--threads N] [--repeats R] [--repeated] [--wer]
 
 1. Real-time factor (audio seconds / wall seconds; higher is faster) of each backend on the same
    audio, with the same weights and the same decoding: greedy, word timestamps, no conditioning
@@ -15,7 +15,11 @@ Run:  python benchmarks/bench_asr.py [AUDIO] [--quick] [--openai-checkpoint PATH
    openai-whisper weights: --openai-checkpoint PATH, else the shipped CTranslate2 tiny.en is
    rewritten as a .pt (bit-identical float16 weights, convert_ct2_to_openai_whisper); with
    --no-convert and no checkpoint the baseline is skipped, with the reason printed.
-2. --wer: word error rate of tiny.en on espeak-ng sentences of the demo corpus's form
+2. --repeated: issue 8 item 3. One phrase read by espeak-ng over and over for 60 s (30 s with
+   --quick), transcribed the way prep did before (a window dropped on its compression ratio or
+   no_speech_prob alone, and Whisper's temperature fallback on a high ratio) and now
+   (data_prep/asr_filter.py): words kept of those spoken, decoding time, and the ratio now/before.
+3. --wer: word error rate of tiny.en on espeak-ng sentences of the demo corpus's form
    "now let me show you how to <verb> the <colour> <shape>", for several espeak voices/speeds,
    with and without 0.5 s of silence before the (trimmed) speech; lists the words it gets wrong.
 
@@ -42,13 +46,13 @@ import torch
 # runnable as `python benchmarks/bench_asr.py` from a checkout without installing vlpipe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.whisper_ckpt import convert_ct2_to_openai_whisper  # noqa: E402
 from data_prep.asr import (  # noqa: E402
     SAMPLE_RATE,
     ASRModelError,
     ASRSettings,
     Transcriber,
     Transcript,
-    convert_ct2_to_openai_whisper,
     load_audio,
 )
 
@@ -198,6 +202,34 @@ def bench_rtf(args: argparse.Namespace) -> None:
         print(f"{label}: {text!r}  [word agreement with row 1: {agree:.0%}]")
 
 
+def bench_repeated(args: argparse.Namespace) -> None:
+    phrase = "add a cup of flour to the bowl and mix it well."
+    once = espeak(phrase, ["-v", "en-us"], lead_s=0.5)
+    reps = int((30 if args.quick else 60) * SAMPLE_RATE / len(once)) + 1
+    audio, spoken = np.tile(once, reps), reps * len(phrase.split())
+    now = Transcriber(ASRSettings(cpu_threads=args.threads))
+    before = Transcriber(ASRSettings(cpu_threads=args.threads))
+    before.ratio_fallback = True  # the decoding before issue 8...
+    # ...and its filter: with a confidence bar no window reaches, a window flagged by its ratio
+    # or its no_speech_prob is dropped on that flag alone, as it was.
+    before.settings = replace(before.settings, confident_word_prob=1.01)
+    print(f"\nrepeated narration: {phrase!r} x {reps} = {len(audio) / SAMPLE_RATE:.0f} s, "
+          f"{spoken} words spoken (tiny.en int8 + VAD, best of {args.repeats})")  # fmt: skip
+    print(f"{'':8s} {'words kept':>10s} {'wall s':>7s} {'CPU s':>7s}  dropped words by filter")
+    rows = {}
+    for label, transcriber in (("before", before), ("now", now)):
+        wall, cpu, _ = timed(transcriber, audio, args.repeats)
+        t = transcriber.transcribe(audio)
+        dropped = {k: v["words"] for k, v in t.dropped.items() if v["words"]}
+        rows[label] = (len(t.words), wall)
+        print(f"{label:8s} {len(t.words):10d} {wall:7.2f} {cpu:7.2f}  {dropped}")
+    (kept0, wall0), (kept1, wall1) = rows["before"], rows["now"]
+    print(
+        f"now / before: words kept {kept1}/{kept0} ({kept1 / spoken:.0%} vs {kept0 / spoken:.0%} "
+        f"of those spoken), decoding time {wall1 / wall0:.2f}x"
+    )
+
+
 def bench_wer(args: argparse.Namespace) -> None:
     sentences = [  # each verb with 3 shapes and colours, so every word occurs 3+ times
         f"now let me show you how to {verb} the {COLOURS[(i + j) % 6]} {SHAPES[(i + j) % 6]}"
@@ -237,10 +269,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (best kept)")
     parser.add_argument("--wer", action="store_true", help="also measure WER on espeak-ng speech")
+    parser.add_argument("--repeated", action="store_true", help="also: repeated narration kept")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
     print(f"machine: {machine()}")
     bench_rtf(args)
+    if args.repeated:
+        bench_repeated(args)
     if args.wer:
         bench_wer(args)
 

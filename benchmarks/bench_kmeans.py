@@ -208,7 +208,14 @@ def run_quality(args, x: np.ndarray, held: np.ndarray) -> None:
 
 
 def run_vocab_and_assign(args, mixture: FeatureMixture, x: np.ndarray) -> None:
-    cfg = HKMeansConfig(depth=args.vocab_depth, k=12, niter=args.niter, seed=0, use_gpu=False)
+    cfg = HKMeansConfig(
+        depth=args.vocab_depth,
+        k=12,
+        niter=args.niter,
+        points_per_centroid=-(-len(x) // 12**args.vocab_depth),  # train on every row
+        seed=0,
+        use_gpu=False,
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     model = HierarchicalKMeans(cfg).fit(x)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -263,7 +270,14 @@ def run_gpu(args, x: np.ndarray) -> None:
     if n_gpu == 0:
         print("\n== GPU: faiss sees no GPU (faiss-cpu build / no device): GPU timing skipped ==")
         return
-    cfg = HKMeansConfig(depth=args.depth, k=args.k, niter=args.niter, seed=0, use_gpu=False)
+    cfg = HKMeansConfig(
+        depth=args.depth,
+        k=args.k,
+        niter=args.niter,
+        points_per_centroid=-(-len(x) // args.k**args.depth),  # train on every row
+        seed=0,
+        use_gpu=False,
+    )
     times = {}
     for use_gpu in (False, True):
         t0 = time.perf_counter()

@@ -12,7 +12,6 @@ and rerun ends with the same samples as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -79,6 +78,7 @@ class PrepSummary:
     timings: Counter = field(default_factory=Counter)  # decode / s3d / asr / write seconds
     random_init: bool = False
     total_samples: int = 0  # in the merged manifest (all ranks, all runs)
+    asr_dropped: Counter = field(default_factory=Counter)  # (filter, segments|words) -> count
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -215,16 +215,8 @@ class Prep:
         if self.transcriber is None:
             from data_prep.asr import ASRSettings, Transcriber
 
-            a = self.cfg.asr
-            device = resolve_device(a.device, self.local_rank)
-            # ASRConfig's fields carry over by name (it adds `source`; ASRSettings' extra fields
-            # keep their defaults); only the device is resolved here.
-            shared = {
-                f.name: getattr(a, f.name)
-                for f in dataclasses.fields(ASRSettings)
-                if hasattr(a, f.name) and f.name != "device"
-            }
-            self.transcriber = Transcriber(ASRSettings(**shared, device=device.split(":")[0]))
+            device = resolve_device(self.cfg.asr.device, self.local_rank).split(":")[0]
+            self.transcriber = Transcriber(ASRSettings.from_config(self.cfg.asr, device))
         return self.transcriber
 
     # ----------------------------------------------------------------------------- records
@@ -313,6 +305,8 @@ class Prep:
             audio = speech["audio"].astype(np.float32) / 32767.0
             transcript = self.get_transcriber().transcribe(audio)
             self.summary.timings["asr"] += time.perf_counter() - t0
+            for name, counts in transcript.dropped.items():  # totals for the summary
+                self.summary.asr_dropped.update({(name, unit): n for unit, n in counts.items()})
             return transcript
         return Transcript(source="none", model="", language="", sentences=[])
 
@@ -361,6 +355,7 @@ class Prep:
             "s3d_weights_path": self.s3d_info.get("path"),
             "transcript_source": transcript.source,
             "transcript_note": (state.speech or {}).get("note"),
+            "asr_dropped": transcript.dropped,  # {filter: {segments, words}}; {} if no Whisper
             "whisper_model": transcript.model if transcript.source.endswith("whisper") else None,
             "versions": self.versions,
             "config_hash": self.content_hash,
@@ -538,6 +533,14 @@ def print_summary(s: PrepSummary, out: Path) -> None:
     t.add_row("clips", str(s.clips))
     t.add_row("hours of video", f"{s.video_seconds / 3600:.3f}")
     t.add_row("transcript words", str(s.words))
+    t.add_row(
+        "ASR words (segments) dropped by filter",
+        ", ".join(
+            f"{f} {s.asr_dropped[f, 'words']} ({s.asr_dropped[f, 'segments']})"
+            for f in sorted({f for f, _ in s.asr_dropped})
+        )
+        or "-",
+    )
     t.add_row("wall time", f"{s.wall:.1f} s")
     if s.wall > 0:
         t.add_row(

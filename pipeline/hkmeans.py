@@ -43,50 +43,27 @@ Choices a reader should know:
 """
 
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Literal
 
-import faiss
-import numpy as np
+# faiss's loader reports at INFO which CPU build it tries, quoting a ModuleNotFoundError for each
+# build that is not installed: library chatter that reads like an error to a user. Keep it out of
+# the default output; with debug logging on (`vlpipe -v`) it is shown.
+_faiss_loader_log = logging.getLogger("faiss.loader")
+if _faiss_loader_log.level == logging.NOTSET and not logging.getLogger().isEnabledFor(
+    logging.DEBUG
+):
+    _faiss_loader_log.setLevel(logging.WARNING)
+
+import faiss  # noqa: E402  (after the logger setting above)
+import numpy as np  # noqa: E402
+
+from pipeline.cluster_config import HKMeansConfig  # noqa: E402
 
 _FORMAT = "vlpipe.hkmeans"
 _FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class HKMeansConfig:
-    """Hierarchical k-means settings; defaults follow VideoBERT (methods.md §1.1)."""
-
-    depth: int = 4  # tree levels (VideoBERT: 4)
-    k: int = 12  # clusters per node (VideoBERT: 12) -> k**depth leaves = 20,736
-    niter: int = 20  # Lloyd iterations per node (faiss runs exactly this many)
-    nredo: int = 1  # independent restarts per node; the lowest inertia is kept
-    init: Literal["kmeans++", "random"] = "kmeans++"  # random = faiss's own uniform seeding
-    points_per_centroid: int = 256  # training sample bound: at most k**depth * this rows drawn
-    seed: int = 0  # drives the sample, every seeding and faiss's rng
-    use_gpu: bool | None = None  # None -> GPU when faiss sees one (faiss.get_num_gpus() > 0)
-    kmeanspp_max_points: int = 16384  # k-means++ seeds on at most this many rows of a node
-    tiny_cluster_size: int = 5  # clusters with 1..this-1 training points count as tiny in stats
-
-    def __post_init__(self) -> None:
-        for name in ("depth", "k", "niter", "nredo", "points_per_centroid", "kmeanspp_max_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"HKMeansConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.k < 2:
-            raise ValueError(f"HKMeansConfig.k must be >= 2, got {self.k}")
-        if self.init not in ("kmeans++", "random"):
-            raise ValueError(
-                f"HKMeansConfig.init must be 'kmeans++' or 'random', got {self.init!r}"
-            )
-        if self.k**self.depth >= 2**31:
-            raise ValueError(f"k**depth = {self.k**self.depth} leaves does not fit int32 ids")
-
-    @property
-    def num_leaves(self) -> int:
-        """Vocabulary size k**depth."""
-        return self.k**self.depth
 
 
 def squared_distances(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray | None = None) -> np.ndarray:

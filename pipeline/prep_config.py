@@ -60,10 +60,12 @@ class ASRConfig:
     language: str | None = "en"  # None: let Whisper detect
     beam_size: int = 1
     vad_filter: bool = True  # Silero VAD: skip non-speech before decoding
-    no_speech_threshold: float = 0.6  # drop a segment whose no_speech_prob is above this...
-    logprob_threshold: float = -1.0  # ...or whose avg_logprob is below this (hallucinations)
-    compression_ratio_threshold: float = 2.4  # ...or that repeats itself (gzip ratio above this)
-    min_word_prob: float = 0.4  # ...or whose words' mean probability is below this (noise)
+    no_speech_threshold: float = 0.6  # window above it: dropped unless confident (asr_filter.py)
+    logprob_threshold: float = -1.0  # window whose avg_logprob is below it: dropped (unsure)
+    compression_ratio_threshold: float = 2.4  # repeating window (gzip ratio above): as no_speech
+    min_word_prob: float = 0.4  # segment whose words' mean probability is below it: dropped (noise)
+    confident_word_prob: float = 0.8  # confident window: words' mean probability >= this...
+    max_word_anomaly: float = 1.0  # ...and their mean Whisper timing anomaly <= this
     max_sentence_words: int = 30  # fallback sentence split when Whisper gives no punctuation
     compute_type: str = "int8"  # CTranslate2 compute type (int8 on CPU, float16 on GPU)
     device: str = "auto"
@@ -71,6 +73,8 @@ class ASRConfig:
     def validate(self) -> None:
         check_range("beam_size", self.beam_size, 0, 32)
         check_range("no_speech_threshold", self.no_speech_threshold, -1e-9, 1.0)
+        check_range("confident_word_prob", self.confident_word_prob, -1e-9, 1.0)
+        check_range("max_word_anomaly", self.max_word_anomaly, -1e-9)
         check_range("max_sentence_words", self.max_sentence_words, 0)
 
 

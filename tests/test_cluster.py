@@ -7,6 +7,8 @@ Features are drawn around a two-level tree of centres (3 far-apart groups of 3 s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +19,13 @@ from data_prep.cluster import (
     ClusterError,
     ReservoirSample,
     iter_shard,
-    load_tokens,
     print_cluster_summary,
     run_cluster,
-    tokens_path,
 )
 from pipeline.cluster_config import ClusterConfig
 from pipeline.config import ConfigError, load_config
 from pipeline.shards import file_digest, npy_bytes, shard_urls
+from pipeline.visual_words import load_tokens, tokens_path
 
 F = 64  # feature width of the synthetic corpus
 REPO = Path(__file__).resolve().parent.parent
@@ -295,3 +296,62 @@ def test_load_tokens_missing_and_configs(tmp_path: Path) -> None:
         load_config(ClusterConfig, None, ["k=1"])
     with pytest.raises(ConfigError, match="unknown key report.colour"):
         load_config(ClusterConfig, None, ["report.colour=1"])
+
+
+def test_token_sidecar_round_trip(tmp_path: Path) -> None:
+    """The library's writer and reader agree (a key named `file` included: np.savez's argument)."""
+    from pipeline.visual_words import token_records, valid_record, write_tokens
+
+    tokens = {"file": np.array([3, 1, 4]), "video_b-0001": np.zeros(0, np.int64)}
+    rec = write_tokens(tmp_path, "/prep/shard-000-000002.tar", tokens, "shard-sha", "vocab-sha")
+    assert rec == {**rec, "name": "shard-000-000002", "samples": 2, "clips": 3}
+    got = load_tokens(tmp_path, "shard-000-000002.tar")
+    assert got.keys() == tokens.keys() and all(v.dtype == np.int32 for v in got.values())
+    np.testing.assert_array_equal(got["file"], [3, 1, 4])
+    assert token_records(tmp_path) == {"shard-000-000002": rec}
+    assert valid_record(tmp_path, "shard-000-000002.tar", rec, "shard-sha", "vocab-sha")
+    assert not valid_record(tmp_path, "shard-000-000002.tar", rec, "other", "vocab-sha")
+    tokens_path(tmp_path, "shard-000-000002.tar").write_bytes(b"torn")
+    assert not valid_record(tmp_path, "shard-000-000002.tar", rec, "shard-sha", "vocab-sha")
+
+
+def run_vlpipe(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it (from the repository root)."""
+    cmd = [sys.executable, "-m", "vlpipe", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_default_vocabulary_on_a_small_corpus_is_refused(tmp_path: Path) -> None:
+    """Issue 8 item 6: the defaults (4 x 12 = 20,736 words) on ~150 clips used to fit 85 MB of
+    nearly empty centroids and exit 0 without a word, after seven `INFO faiss.loader` lines."""
+    prep, vocab_dir = tmp_path / "prep", tmp_path / "vocab"
+    labels = write_prep_dir(prep, num_shards=1, per_shard=5)
+    clips = sum(len(v) for v in labels.values())
+    assert clips < 200
+    refused = run_vlpipe("cluster", "--shards", str(prep), "--output", str(vocab_dir))
+    assert refused.returncode == 2, refused.stderr
+    lines = [x for x in refused.stderr.splitlines() if x.strip() and "cluster: sample" not in x]
+    assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    for needle in ("20,736 visual words", f"{clips} clips", "depth=1 (12 words)", "force=true"):
+        assert needle in lines[0]
+    assert "faiss.loader" not in refused.stderr and not vocab_dir.exists()
+
+    # forced: it fits (here 12**3 = 1,728 words), says so, and records it in the report
+    forced = run_vlpipe(
+        "cluster", "--shards", str(prep), "--output", str(vocab_dir), "depth=3", "force=true"
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert "WARNING" in forced.stderr and "fitting anyway" in forced.stderr
+    assert "faiss.loader" not in forced.stderr
+    report = json.loads((vocab_dir / "report.json").read_text())
+    assert any("1,728 visual words" in note for note in report["notes"])
+
+
+def test_few_clips_per_word_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    prep = tmp_path / "prep"
+    clips = sum(len(v) for v in write_prep_dir(prep, num_shards=1, per_shard=2).values())
+    cfg = small_config("k=4", "report.tiny_cluster_size=5")  # 16 words, fewer than 5 clips each
+    assert 16 < clips < 16 * 5
+    summary = run_cluster(cfg, prep, tmp_path / "vocab")
+    assert summary["fitted"] and any("many words will be tiny" in n for n in summary["notes"])
+    assert "k=3 (9 words at depth 2)" in caplog.text

@@ -192,3 +192,17 @@ def test_bad_input_raises():
         model.assign(np.full((2, 3), np.inf, dtype=np.float32))
     with pytest.raises(ValueError, match="k must be"):
         HKMeansConfig(k=1)
+
+
+def test_cluster_config_builds_the_same_hkmeans_config():
+    """`vlpipe cluster` settings and the library's share one set of defaults and one builder."""
+    from pipeline.cluster_config import ClusterConfig
+    from pipeline.config import load_config
+
+    assert ClusterConfig().hkmeans() == HKMeansConfig()
+    cfg = load_config(
+        ClusterConfig,
+        None,
+        ["depth=2", "k=5", "points_per_centroid=7", "report.tiny_cluster_size=3"],
+    )
+    assert cfg.hkmeans() == HKMeansConfig(depth=2, k=5, points_per_centroid=7, tiny_cluster_size=3)
