@@ -44,6 +44,17 @@ class FormatError(ValueError):
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a record was read: the file, and "line 7" / "[3]" / "database.x.annotations[2]"."""
+
+    file: str
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.where}"
+
+
+@dataclass(frozen=True)
 class Failure:
     """One bad row: the file, where in it ("line 7", "[3]", "database.x.annotations[2]"), why."""
 
@@ -69,7 +80,7 @@ class QAItem:
     qtype: str | None = None  # ActivityNet-QA answer type, TGIF FrameQA type (per-type tables)
     start: float | None = None
     end: float | None = None
-    source: str = ""  # "file line 3" / "file [3]"
+    origin: Origin | None = None  # the file and line (or JSON path) it was read from
 
     @property
     def answer(self) -> str:
@@ -88,7 +99,7 @@ class MCItem:
     qtype: str | None = None
     start: float | None = None
     end: float | None = None
-    source: str = ""
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class CaptionItem:
     split: str | None = None
     start: float | None = None
     end: float | None = None
-    source: str = ""
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ class LabelItem:
     split: str | None = None
     start: float | None = None
     end: float | None = None
-    source: str = ""
+    origin: Origin | None = None
 
 
 @dataclass
@@ -239,7 +250,9 @@ def read_msrvtt_qa(path: str | Path, video_id_format: str = "{}") -> ReadResult:
             result.fail(str(path), where, why)
             continue
         video = video_id_format.format(_text(row["video_id"]))
-        result.items.append(QAItem(qid, video, question, (answer,), source=f"{path.name} {where}"))
+        result.items.append(
+            QAItem(qid, video, question, (answer,), origin=Origin(str(path), where))
+        )
     return result
 
 
@@ -286,9 +299,9 @@ def read_activitynet_qa(
         answer, qtype, _ = found[qid]
         video = video_id_format.format(_text(row["video_name"]))
         qtype = None if qtype is None else str(qtype)
-        src = f"{q_path.name} {where}"
+        src = Origin(str(q_path), where)
         result.items.append(
-            QAItem(qid, video, _text(row["question"]), (answer,), qtype, source=src)
+            QAItem(qid, video, _text(row["question"]), (answer,), qtype, origin=src)
         )
     for qid, (_, _, where) in found.items():
         if qid not in used and qid not in q_ids.first:
@@ -347,14 +360,14 @@ def read_tgif_qa(path: str | Path) -> ReadResult:
         if why:
             result.fail(str(path), where, why)
             continue
-        src = f"{path.name} {where}"
+        src = Origin(str(path), where)
         if mc:
             item = MCItem(
-                qid, get["gif_name"], get["question"], options, int(get["answer"]), source=src
+                qid, get["gif_name"], get["question"], options, int(get["answer"]), origin=src
             )
         else:
             item = QAItem(
-                qid, get["gif_name"], get["question"], (get["answer"],), get.get("type"), source=src
+                qid, get["gif_name"], get["question"], (get["answer"],), get.get("type"), origin=src
             )
         result.items.append(item)
     return result
@@ -396,7 +409,7 @@ def read_msrvtt_captions(path: str | Path) -> ReadResult:
             continue
         result.items.append(
             CaptionItem(
-                sid, video, _text(row["caption"]), splits[video], source=f"{path.name} {where}"
+                sid, video, _text(row["caption"]), splits[video], origin=Origin(str(path), where)
             )
         )
     return result
@@ -438,7 +451,7 @@ def read_youcook2(path: str | Path) -> ReadResult:
                 continue
             result.items.append(
                 CaptionItem(
-                    cid, video, _text(ann["sentence"]), split, start, end, f"{path.name} {where}"
+                    cid, video, _text(ann["sentence"]), split, start, end, Origin(str(path), where)
                 )
             )
     return result
@@ -476,10 +489,10 @@ def read_kinetics(path: str | Path, trimmed: bool = False) -> ReadResult:
         if why:
             result.fail(str(path), where, why)
             continue
-        split, src = normalise_split(get.get("split") or None), f"{path.name} {where}"
+        split, src = normalise_split(get.get("split") or None), Origin(str(path), where)
         if trimmed:
             video = f"{get['youtube_id']}_{int(start):06d}_{int(end):06d}"
-            result.items.append(LabelItem(video, get["label"], None, split, source=src))
+            result.items.append(LabelItem(video, get["label"], None, split, origin=src))
         else:
             result.items.append(
                 LabelItem(get["youtube_id"], get["label"], None, split, start, end, src)
@@ -530,7 +543,7 @@ def read_ucf101(class_index: str | Path, split_file: str | Path) -> ReadResult:
             continue
         video = rel.rsplit(".", 1)[0]
         result.items.append(
-            LabelItem(video, names[index], index - 1, split, source=f"{sp_path.name} {where}")
+            LabelItem(video, names[index], index - 1, split, origin=Origin(str(sp_path), where))
         )
     return result
 
@@ -552,7 +565,7 @@ def read_hmdb51(split_dir: str | Path, split: int = 1) -> ReadResult:
             ok = len(fields) == 2 and fields[1] in ("0", "1", "2")
             why = None if ok else "malformed row: expected '<video>.avi <0|1|2>'"
             video = f"{label}/{fields[0].rsplit('.', 1)[0]}"
-            why = why or ids.duplicate(video, f"{path.name} {where}")
+            why = why or ids.duplicate(video, Origin(str(path), where))
             if why:
                 result.fail(str(path), where, why)
                 continue
@@ -561,7 +574,7 @@ def read_hmdb51(split_dir: str | Path, split: int = 1) -> ReadResult:
                 continue
             split_name = "train" if fields[1] == "1" else "test"
             result.items.append(
-                LabelItem(video, label, None, split_name, source=f"{path.name} {where}")
+                LabelItem(video, label, None, split_name, origin=Origin(str(path), where))
             )
     return result
 

@@ -17,6 +17,7 @@ from finetune.readers import (
     FormatError,
     LabelItem,
     MCItem,
+    Origin,
     QAItem,
     label_to_words,
     read_activitynet_qa,
@@ -61,8 +62,8 @@ def test_msrvtt_qa_json_list(tmp_path: Path):
     path.write_text(json.dumps(rows))  # distributed on one line
     result = read_msrvtt_qa(path, video_id_format="video{}")
     assert result.items == [
-        QAItem("0", "video7010", "who is singing?", ("man",), source="train_qa.json [0]"),
-        QAItem("4", "video7013", "what rolls?", ("ball",), source="train_qa.json [5]"),
+        QAItem("0", "video7010", "who is singing?", ("man",), origin=Origin(str(path), "[0]")),
+        QAItem("4", "video7013", "what rolls?", ("ball",), origin=Origin(str(path), "[5]")),
     ]
     assert reasons(result) == [
         ("[1]", "empty answer"),
@@ -147,7 +148,7 @@ def test_tgif_action_is_tab_separated_multiple_choice(tmp_path: Path):
             'What does the "man" do 3 times ?',
             ("nod", "clap", "wave", "jump", "spin"),
             3,
-            source="Test_action_question.csv line 2",
+            origin=Origin(str(path), "line 2"),
         )
     ]
     assert result.items[0].options[result.items[0].answer_index] == "jump"  # 0-based
@@ -166,7 +167,7 @@ def test_tgif_frameqa_is_open_ended(tmp_path: Path):
     result = read_tgif_qa(path)
     assert result.items == [
         QAItem("FRAMEQA4460", "tumblr_x", "what is the color of the shirt ?", ("black",), "2",
-               source="Train_frameqa_question.csv line 2")
+               origin=Origin(str(path), "line 2"))
     ]  # fmt: skip
     assert reasons(result) == [("line 3", "empty answer")]
 
@@ -205,9 +206,15 @@ def test_msrvtt_captions(tmp_path: Path):
     path.write_text(json.dumps(data))
     result = read_msrvtt_captions(path)
     assert result.items == [
-        CaptionItem("0", "video0", "a man is singing", "train", source=f"{path.name} sentences[0]"),
         CaptionItem(
-            "1", "video1", "a car drives down a road", "val", source=f"{path.name} sentences[1]"
+            "0", "video0", "a man is singing", "train", origin=Origin(str(path), "sentences[0]")
+        ),
+        CaptionItem(
+            "1",
+            "video1",
+            "a car drives down a road",
+            "val",
+            origin=Origin(str(path), "sentences[1]"),
         ),
     ]  # no segment: the clips are cut already
     assert reasons(result) == [
@@ -256,7 +263,7 @@ def test_kinetics_csv_untrimmed_and_trimmed(tmp_path: Path):
     )
     result = read_kinetics(path)
     assert result.items[0] == LabelItem(
-        "0wR5jVB-WPk", "abseiling", None, "val", 417.0, 427.0, "validate.csv line 2"
+        "0wR5jVB-WPk", "abseiling", None, "val", 417.0, 427.0, Origin(str(path), "line 2")
     )
     assert result.items[1].label == "passing American football (in game)"
     assert [w for w, _ in reasons(result)] == ["line 4", "line 5", "line 6"]
@@ -282,8 +289,8 @@ def test_ucf101_crlf_one_based(tmp_path: Path):
     result = read_ucf101(ci, train)
     assert result.items == [
         LabelItem("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", "ApplyEyeMakeup", 0, "train",
-                  source="trainlist01.txt line 1"),
-        LabelItem("YoYo/v_YoYo_g08_c01", "YoYo", 2, "train", source="trainlist01.txt line 2"),
+                  origin=Origin(str(train), "line 1")),
+        LabelItem("YoYo/v_YoYo_g08_c01", "YoYo", 2, "train", origin=Origin(str(train), "line 2")),
     ]  # fmt: skip
     assert [w for w, _ in reasons(result)] == ["line 3", "line 4"]
     result = read_ucf101(ci, test)
