@@ -3,7 +3,8 @@
 * A word belongs to the clip that contains its midpoint (a word straddling a clip boundary goes
   to the clip holding most of it).
 * A sentence's video segment is every clip that overlaps its time span: VideoBERT "treat[s] video
-  tokens that fall into that time period as a segment" (methods.md 1.2).
+  tokens that fall into that time period as a segment" (methods.md 1.2). The rule lives in
+  pipeline/clips.py, shared with the fine-tuning annotation join.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from data_prep.asr import Transcript
+from pipeline.clips import sentence_clip_range
 
 
 def words_per_clip(
@@ -27,17 +29,6 @@ def words_per_clip(
         if 0 <= i < len(spans) and spans[i][0] <= mid < spans[i][1]:
             out[i].append({"text": word.text, "start": word.start, "end": word.end})
     return out
-
-
-def sentence_clip_range(
-    spans: Sequence[tuple[float, float]], start: float, end: float
-) -> tuple[int, int]:
-    """[first, stop) indices of the clips that overlap the time span [start, end]."""
-    first = next((i for i, (s, e) in enumerate(spans) if e > start and s < end), len(spans))
-    stop = first
-    while stop < len(spans) and spans[stop][0] < end:
-        stop += 1
-    return first, stop
 
 
 def align(spans: Sequence[tuple[float, float]], transcript: Transcript) -> tuple[dict, dict]:
