@@ -36,6 +36,7 @@ from pipeline.config import UserInputError
 from pipeline.models import load_pretrained, model_name_of, resolve_model_dir
 from pipeline.shards import decode_sample, shard_urls
 from pipeline.stats import bootstrap_interval
+from pipeline.visual_words import nearest_words
 
 log = logging.getLogger("vlpipe.zeroshot")
 TEMPLATE = "now let me show you how to [MASK] the [MASK]"
@@ -49,18 +50,6 @@ class Query:
     noun: int  # index into nouns
     feats: np.ndarray  # float32 [T, F] clips of the segment
     tokens: np.ndarray  # int64 [T] visual words (-1 without a vocabulary)
-
-
-def nearest_words(feats: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
-    """Visual word of each clip = nearest leaf centroid (methods.md 1.1). [T, F] -> int64 [T]."""
-    if centroids is None:
-        return np.full(len(feats), -1, np.int64)
-    import faiss
-
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    _, idx = index.search(np.ascontiguousarray(feats, dtype=np.float32), 1)
-    return idx[:, 0].astype(np.int64)
 
 
 def label_ids(tokenizer, words: list[str], kind: str) -> list[int]:

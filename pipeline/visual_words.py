@@ -108,3 +108,15 @@ def valid_record(
         and path.is_file()
         and path.stat().st_size == record["bytes"]
     )
+
+
+def nearest_words(feats: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
+    """Visual word of each clip = nearest leaf centroid (methods.md 1.1). [T, F] -> int64 [T]."""
+    if centroids is None:
+        return np.full(len(feats), -1, np.int64)
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, idx = index.search(np.ascontiguousarray(feats, dtype=np.float32), 1)
+    return idx[:, 0].astype(np.int64)

@@ -121,11 +121,20 @@ def test_parse_overrides_types():
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     from pipeline.cluster_config import ClusterConfig
+    from pipeline.finetune_config import FinetuneConfig
 
-    cls = {"prep": PrepConfig, "cluster": ClusterConfig, "pretrain": PretrainConfig}[
-        path.parent.name
-    ]
-    overrides = ["data.shards=/x", "data.vocab=/v"] if cls is PretrainConfig else []
+    cls = {
+        "prep": PrepConfig,
+        "cluster": ClusterConfig,
+        "pretrain": PretrainConfig,
+        "finetune": FinetuneConfig,
+    }[path.parent.name]
+    overrides = {
+        PretrainConfig: ["data.shards=/x", "data.vocab=/v"],
+        FinetuneConfig: ["data.shards=/x", "data.train=[/a.json]", "model=/m"],
+    }.get(cls, [])
     cfg = load_config(cls, path, overrides)
     if cls is PretrainConfig:
         assert cfg.model.name in path.name
+    if cls is FinetuneConfig:
+        assert cfg.task == path.stem

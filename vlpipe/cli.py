@@ -111,6 +111,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import importlib
+
+    from pipeline.config import load_config
+    from pipeline.engine import train
+    from pipeline.finetune_config import TASKS, FinetuneConfig
+
+    # Validated before anything heavy is imported or created.
+    cfg = load_config(FinetuneConfig, config_path(args.config), args.overrides)
+    entry = TASKS.get(cfg.task)
+    task = getattr(importlib.import_module(entry.module), entry.task_class)(cfg)
+    result = train(task, cfg, resume=args.resume)
+    best = result.best or {}
+    shown = ", ".join(f"{k[5:]} {v:.2f}" for k, v in best.items() if k.startswith("eval/"))
+    print(
+        f"model saved to {result.run_dir / 'model'}"
+        + (f" (best step {best['step']}: {shown})" if best else "")
+    )
+    return 0
+
+
+def cmd_evaluate_task(args: argparse.Namespace) -> int:
+    import json
+
+    from finetune.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.model, args.shards, args.annotations, args.format, args.split, args.output
+    )
+    if result["task"] != args.task:
+        raise UserInputError(f"{args.model} is a {result['task']} run, not {args.task}")
+    print(json.dumps(result["metrics"], indent=1))
+    print(f"predictions and metrics: {result['output']} ({result['failures']} annotations unused)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlpipe.demo import run_demo
 
@@ -152,6 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--labels", required=True, help="labels.json (verbs, nouns, segments)")
     zs.add_argument("--output", help="metrics JSON (default: MODEL/zeroshot.json)")
     zs.set_defaults(func=cmd_evaluate)
+    for task, what in (
+        ("qa", "open-ended video QA accuracy"),
+        ("mc", "multiple-choice accuracy"),
+        ("caption", "BLEU-1..4, METEOR, ROUGE-L, CIDEr"),
+        ("classify", "top-1 / top-5 / mean class accuracy"),
+    ):
+        ev_task = ev_sub.add_parser(task, help=f"a fine-tuned run: {what}")
+        ev_task.add_argument("--model", required=True, help="fine-tuning run directory")
+        ev_task.add_argument("--shards", required=True, help="prep output holding the videos")
+        ev_task.add_argument("--annotations", required=True, nargs="+", help="annotation file(s)")
+        ev_task.add_argument("--format", help="annotation format (default: the run's)")
+        ev_task.add_argument("--split", default="test", help="records of this split (default test)")
+        ev_task.add_argument("--output", help="output directory (default RUN/eval/test)")
+        ev_task.set_defaults(func=cmd_evaluate_task, task=task)
+
+    fin = sub.add_parser("finetune", help="fine-tune a pretrained model on a downstream task")
+    fin.add_argument("--config", required=True, help="YAML, e.g. configs/finetune/qa.yaml")
+    fin.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    fin.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model=runs/x")
+    fin.set_defaults(func=cmd_finetune)
 
     demo = sub.add_parser("demo", help="every stage on the bundled sample corpus, with a report")
     demo.add_argument("--output", default="demo_out", help="demo output directory")

@@ -150,6 +150,12 @@ class VLPreTrainedModel(PreTrainedModel):
         """
         raise NotImplementedError
 
+    @property
+    def encode_dims(self) -> dict[str, int]:
+        """{"text": D_text, "video": D_video, "pooled": D_pooled} of `encode` (heads size
+        themselves from it)."""
+        raise NotImplementedError
+
     def alignment_logits(self, batch: Batch) -> Tensor:
         """[B] score that text i and video i are aligned (higher = aligned)."""
         raise NotImplementedError

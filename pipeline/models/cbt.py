@@ -213,6 +213,15 @@ class CBTForPretraining(VLPreTrainedModel):
             "pooled": out["pooled"],
         }
 
+    @property
+    def encode_dims(self) -> dict[str, int]:
+        settings = self.config.settings()
+        return {
+            "text": self.text.bert.config.hidden_size,
+            "video": settings.visual.hidden,
+            "pooled": settings.cross.hidden,
+        }
+
     def alignment_logits(self, batch: Batch) -> Tensor:
         """[B] MI(x_i, y_i) score of each video with its own sentence."""
         return self(**batch)["alignment"]

@@ -356,6 +356,11 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         video = gather_positions(hidden, packed.video_index) * packed.video_kept.unsqueeze(-1)
         return {"text": text, "video": video, "pooled": out.pooler_output}
 
+    @property
+    def encode_dims(self) -> dict[str, int]:
+        width = self.bert.config.hidden_size
+        return {"text": width, "video": width, "pooled": width}
+
     def alignment_logits(self, batch: Batch) -> Tensor:
         """[B] logit that the row's sentence and clips are aligned (methods.md 1.4)."""
         return self.alignment_head(self._run(batch)[1].pooler_output).squeeze(-1)

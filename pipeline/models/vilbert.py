@@ -268,6 +268,15 @@ class ViLBERTForPretraining(VLPreTrainedModel):
             "pooled": out["pooled"],
         }
 
+    @property
+    def encode_dims(self) -> dict[str, int]:
+        settings = self.config.settings()
+        return {
+            "text": self.text.bert.config.hidden_size,
+            "video": settings.visual.hidden,
+            "pooled": settings.bi_hidden,
+        }
+
     def alignment_logits(self, batch: Batch) -> Tensor:
         """[B] log-odds that text i and video i are aligned."""
         logits = self(**batch)["alignment_logits"]  # [B, 2]

@@ -1,0 +1,231 @@
+"""Video question answering: open-ended (a classifier over the top-K answers) and multiple choice.
+
+Open-ended (MSRVTT-QA, MSVD-QA, ActivityNet-QA, TGIF FrameQA; methods.md 3.6): the question is
+the text beside the video; the model's pooled output goes through the two-layer classifier of
+vilbert-multi-task (Linear, GELU, LayerNorm, Linear) over the K most frequent training answers.
+One answer per question: cross entropy. Several annotator answers (VQA style): the soft score
+min(count, 4)-based target (0, .3, .6, .9, 1) with `BCEWithLogits * K` as in the reference.
+At test time an answer outside the K counts as wrong; accuracy is `finetune.metrics.qa_accuracy`
+(exact match, or the VQA formula for ten answers).
+
+Multiple choice (MSRVTT-MC, TGIF Action/Transition): each option is scored with the video by
+the model's alignment (`template` joins question and option); cross entropy over the options.
+Untrained (`zero_shot`), the pretrained alignment alone picks the option.
+
+Legend: B questions, O options, K answers, D pooled width.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from finetune.metrics import qa_accuracy
+from finetune.task import Example, FinetuneTask
+from pipeline.config import ConfigError
+from pipeline.finetune_config import MCSettings, QASettings
+from pipeline.models.base import VLPreTrainedModel
+
+VQA_SCORE = (0.0, 0.3, 0.6, 0.9, 1.0)  # soft score by number of annotators giving the answer
+
+
+class AnswerHead(nn.Module):
+    """pooled [B, D] -> answer logits [B, K] (vilbert-multi-task SimpleClassifier)."""
+
+    def __init__(self, dim: int, answers: int, hidden_mult: int, dropout: float) -> None:
+        super().__init__()
+        hidden = max(1, hidden_mult) * dim
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.LayerNorm(hidden, eps=1e-12),
+            nn.Linear(hidden, answers),
+        )
+
+    def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
+        pooled = backbone.encode(batch)["pooled"]  # [B, D]
+        return {"logits": self.net(pooled)}
+
+
+class QATask(FinetuneTask):
+    """Open-ended QA (module doc)."""
+
+    settings: QASettings
+
+    def prepare(self, examples: list[Example]) -> dict[str, Any]:
+        counts = Counter(a for e in examples for a in set(e.item.answers))
+        answers = [a for a, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))]
+        answers = answers[: self.settings.answers]
+        majority = answers[0] if answers else ""
+        return {"answers": answers, "majority": majority}
+
+    @property
+    def answer_index(self) -> dict[str, int]:
+        if not hasattr(self, "_answer_index"):
+            self._answer_index = {a: i for i, a in enumerate(self.state["answers"])}
+        return self._answer_index
+
+    def usable(self, example: Example) -> bool:
+        return any(a in self.answer_index for a in example.item.answers)
+
+    def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
+        s = self.settings
+        dim = backbone.encode_dims["pooled"]
+        return AnswerHead(dim, len(self.state["answers"]), s.hidden_mult, s.dropout)
+
+    def target(self, answers: tuple[str, ...]) -> np.ndarray:
+        """[K] target: one-hot for one answer, VQA soft scores for several."""
+        out = np.zeros(len(self.state["answers"]), np.float32)
+        counts = Counter(a for a in answers if a in self.answer_index)
+        if len(answers) == 1 or not self.settings.soft_targets:
+            if counts:
+                out[self.answer_index[counts.most_common(1)[0][0]]] = 1.0
+            return out
+        for answer, n in counts.items():
+            out[self.answer_index[answer]] = VQA_SCORE[min(n, 4)]
+        return out
+
+    def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
+        batch = self.collate(examples, [self.tokens(e.item.question) for e in examples])
+        if train:
+            batch["targets"] = torch.from_numpy(
+                np.stack([self.target(e.item.answers) for e in examples])
+            )
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        logits = model(batch)["logits"].float()  # [B, K]
+        targets = batch["targets"]  # [B, K]
+        if self.settings.soft_targets and (targets.sum(1) != 1).any():
+            # methods.md 3.6: BCEWithLogits(mean) * K
+            loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+        else:
+            loss = F.cross_entropy(logits, targets.argmax(1))
+        accuracy = (logits.argmax(1) == targets.argmax(1)).float().mean()
+        return {"loss": loss, "train_accuracy": accuracy.detach()}
+
+    def predict_batch(self, model, examples, batch) -> list[dict[str, Any]]:
+        logits = model(batch)["logits"].float()
+        best = logits.argmax(1).tolist()
+        return [
+            {
+                "qid": e.item.qid,
+                "video_id": e.item.video_id,
+                "question": e.item.question,
+                "answers": list(e.item.answers),
+                "prediction": self.state["answers"][k],
+                **({"type": e.item.qtype} if e.item.qtype else {}),
+            }
+            for e, k in zip(examples, best, strict=True)
+        ]
+
+    def score(self, examples, predictions) -> dict[str, float]:
+        return qa_scores(predictions, self.state["majority"])
+
+
+def qa_scores(predictions: list[dict[str, Any]], majority: str) -> dict[str, float]:
+    """Accuracy (finetune.metrics.qa_accuracy), the majority-answer baseline on the same
+    questions, and accuracy per answer type where the format has types (ActivityNet-QA)."""
+    answers = {
+        p["qid"]: p["answers"] if len(p["answers"]) > 1 else p["answers"][0] for p in predictions
+    }
+    out = {
+        "accuracy": qa_accuracy(answers, {p["qid"]: p["prediction"] for p in predictions}),
+        "majority_accuracy": qa_accuracy(answers, {p["qid"]: majority for p in predictions}),
+        "questions": float(len(predictions)),
+    }
+    for qtype in sorted({p["type"] for p in predictions if p.get("type")}):
+        subset = [p for p in predictions if p.get("type") == qtype]
+        out[f"accuracy/{qtype}"] = qa_accuracy(
+            {p["qid"]: answers[p["qid"]] for p in subset},
+            {p["qid"]: p["prediction"] for p in subset},
+        )
+    return out
+
+
+class OptionScorer(nn.Module):
+    """Scores every (video, option text) pair by the backbone's alignment: [B, O]."""
+
+    def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
+        B, n_opt, L = batch["option_ids"].shape  # [B, O, L]
+        rows = {
+            k: v.repeat_interleave(n_opt, 0)
+            for k, v in batch.items()
+            if k.startswith("video_") and torch.is_tensor(v)
+        }
+        rows["text_ids"] = batch["option_ids"].reshape(B * n_opt, L)
+        rows["text_mask"] = batch["option_mask"].reshape(B * n_opt, L)
+        return {"logits": backbone.alignment_logits(rows).reshape(B, n_opt)}
+
+
+class MCTask(FinetuneTask):
+    """Multiple-choice QA (module doc)."""
+
+    settings: MCSettings
+
+    def prepare(self, examples: list[Example]) -> dict[str, Any]:
+        counts = Counter(len(e.item.options) for e in examples)
+        if len(counts) > 1:
+            raise ConfigError(
+                f"data.train: questions with different numbers of options {dict(counts)}"
+            )
+        return {}
+
+    def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
+        return OptionScorer()
+
+    def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
+        batch = self.collate(examples, [[] for _ in examples])
+        texts = [
+            [
+                self.tokens(self.settings.template.format(question=e.item.question, option=o))
+                for o in e.item.options
+            ]
+            for e in examples
+        ]
+        n_opt, L = len(texts[0]), max(1, max(len(t) for opts in texts for t in opts))
+        ids = torch.full((len(examples), n_opt, L), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(examples), n_opt, L, dtype=torch.bool)
+        for i, opts in enumerate(texts):
+            for j, t in enumerate(opts):
+                ids[i, j, : len(t)] = torch.tensor(t, dtype=torch.long)
+                mask[i, j, : len(t)] = True
+        batch.update(option_ids=ids, option_mask=mask)
+        if train:
+            batch["answer"] = torch.tensor([e.item.answer_index for e in examples])
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        logits = model(batch)["logits"].float()
+        loss = F.cross_entropy(logits, batch["answer"])
+        accuracy = (logits.argmax(1) == batch["answer"]).float().mean()
+        return {"loss": loss, "train_accuracy": accuracy.detach()}
+
+    def predict_batch(self, model, examples, batch) -> list[dict[str, Any]]:
+        best = model(batch)["logits"].argmax(1).tolist()
+        return [
+            {
+                "qid": e.item.qid,
+                "video_id": e.item.video_id,
+                "question": e.item.question,
+                "options": list(e.item.options),
+                "answer": e.item.answer_index,
+                "prediction": k,
+            }
+            for e, k in zip(examples, best, strict=True)
+        ]
+
+    def score(self, examples, predictions) -> dict[str, float]:
+        hits = [p["prediction"] == p["answer"] for p in predictions]
+        options = len(predictions[0]["options"]) if predictions else 1
+        return {
+            "accuracy": 100.0 * float(np.mean(hits)) if hits else float("nan"),
+            "chance": 100.0 / options,
+            "questions": float(len(predictions)),
+        }

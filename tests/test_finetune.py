@@ -1,0 +1,322 @@
+"""Fine-tuning tasks on the engine, on real prep-schema shards and annotation files in their
+distributed formats: heads' shapes, gradients and save/load for every registered backbone,
+evaluation files, `vlpipe finetune` / `vlpipe evaluate`, bad annotations, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from corpus import WORDS, write_corpus
+
+from finetune.task import load_finetuned
+from pipeline.config import ConfigError, load_config
+from pipeline.finetune_config import FinetuneConfig
+from pipeline.io import read_jsonl
+from pipeline.models import MODELS, build_model
+from pipeline.shards import decode_sample, shard_urls
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_bert) -> dict[str, Path]:
+    """Shards, a pretrained-looking run per registered model, and annotation files."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("finetune")
+    shards = write_corpus(root / "shards", shards=2, per_shard=8)
+    out: dict[str, Path] = {"shards": shards, "root": root}
+    centroids = np.random.default_rng(0).normal(size=(6, 1024)).astype(np.float32)
+    for name, entry in MODELS.items():
+        run = root / f"run-{name}"
+        settings = entry.settings()
+        if name == "vilbert":
+            settings.t_biattention_id = [3, 4, 5]
+        vocab = centroids if entry.vocabulary != "unused" else None
+        torch.manual_seed(0)
+        model = build_model(name, tiny_bert, vocab, settings, feat_dim=1024)
+        model.save_pretrained(run / "model")
+        AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "model"))
+        if vocab is not None:
+            (run / "model" / "vocab").mkdir()
+            np.save(run / "model" / "vocab" / "centroids.npy", vocab)
+        (run / "model" / "vlpipe_pretrain.json").write_text(
+            json.dumps({"config": {"model": {"text_model": str(tiny_bert)}}})
+        )
+        out[name] = run
+    # Annotations from the shards' own narration: what happens first / the first noun.
+    videos = []
+    for url in shard_urls(shards):
+        for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+            sample = decode_sample(raw)
+            first = sample["asr.json"]["sentences"][0]
+            verb, noun = first["text"].split()[-3], first["text"].split()[-1]
+            videos.append((sample["__key__"], verb, noun, first))
+    qa = [
+        {"question": "what happens first?", "answer": verb, "video_id": key, "id": i}
+        for i, (key, verb, _, _) in enumerate(videos)
+    ]
+    (root / "qa_train.json").write_text(json.dumps(qa[:12]))
+    (root / "qa_val.json").write_text(json.dumps(qa[12:]))
+    verbs = sorted({v for v, _ in WORDS})
+    header = "gif_name\tquestion\ta1\ta2\ta3\ta4\ta5\tanswer\tvid_id\tkey"
+    rows = [header] + [
+        f"{key}\twhat does it do first?\t"
+        + "\t".join(verbs + ["wait"])
+        + f"\t{verbs.index(v)}\t{i}\t{i}"
+        for i, (key, v, _, _) in enumerate(videos)
+    ]
+    (root / "mc_train.csv").write_text("\n".join(rows[:13]) + "\n")
+    (root / "mc_val.csv").write_text("\n".join([header, *rows[13:]]) + "\n")
+    kin = ["label,youtube_id,time_start,time_end,split"] + [
+        f"{noun},{key},{first['start']},{first['end']},{'train' if i < 12 else 'val'}"
+        for i, (key, _, noun, first) in enumerate(videos)
+    ]
+    (root / "labels.csv").write_text("\n".join(kin) + "\n")
+    return out
+
+
+def config(data, model: str, task: str, run: Path, *extra: str) -> FinetuneConfig:
+    files = {
+        "qa": ("msrvtt-qa", ["qa_train.json"], ["qa_val.json"]),
+        "mc": ("tgif-qa", ["mc_train.csv"], ["mc_val.csv"]),
+        "classify": ("kinetics", ["labels.csv"], []),
+    }[task]
+    fmt, train, val = files
+    root = data["root"]
+    return load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"task={task}",
+            f"model={data[model]}",
+            f"output_dir={run}",
+            f"data.shards={data['shards']}",
+            f"data.format={fmt}",
+            f"data.train=[{','.join(str(root / f) for f in train)}]",
+            f"data.val=[{','.join(str(root / f) for f in val)}]",
+            "data.batch_size=4",
+            "optim.max_steps=6",
+            "optim.warmup_steps=1",
+            "optim.lr=1e-3",
+            "eval_every=3",
+            "checkpoint_every=0",
+            "progress=false",
+            *extra,
+        ],
+    )
+
+
+def task_of(cfg: FinetuneConfig):
+    import importlib
+
+    from pipeline.finetune_config import TASKS
+
+    entry = TASKS.get(cfg.task)
+    return getattr(importlib.import_module(entry.module), entry.task_class)(cfg)
+
+
+@pytest.mark.parametrize("model", MODELS.names())
+@pytest.mark.parametrize("task", ["qa", "mc", "classify"])
+def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
+    torch.manual_seed(0)
+    extra = ["head.mode=full"] if task == "classify" else []
+    cfg = config(data, model, task, tmp_path / "run", *extra)
+    t = task_of(cfg)
+    assert len(t.train_examples) >= 8 and t.val_examples
+    net = t.build_model()
+    batch = next(iter(t.train_batches(0, 1, 0)))
+    batch.pop("epoch")
+    outputs = net(batch)
+    width = {
+        "qa": len(t.state.get("answers", [])),
+        "mc": 5,
+        "classify": len(t.state.get("labels", [])),
+    }
+    assert outputs["logits"].shape == (4, width[task])
+    t.loss(net, batch)["loss"].backward()
+    missing = [
+        n
+        for n, p in net.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    # Parameters that the head's path never reaches (e.g. VideoBERT's MLM decoders, the
+    # two-stream clip head) legitimately stay without gradient: only the head must all learn.
+    assert not [n for n in missing if n.startswith("head.")], missing
+    assert not all(p.grad is None for p in net.backbone.parameters())
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    t.export(net, tmp_path / "run" / "model")
+    loaded_task, loaded = load_finetuned(tmp_path / "run")
+    net.eval()
+    assert t.predict(net, t.val_examples) == loaded_task.predict(loaded, loaded_task.val_examples)
+
+
+def test_probe_freezes_the_backbone(data, tmp_path):
+    t = task_of(config(data, "cbt", "classify", tmp_path / "run", "head.mode=probe"))
+    net = t.build_model()
+    assert all(not p.requires_grad for p in net.backbone.parameters())
+    assert all(p.requires_grad for p in net.head.parameters())
+
+
+def test_blind_hides_every_clip(data, tmp_path):
+    t = task_of(config(data, "videobert", "qa", tmp_path / "run", "blind=true"))
+    batch = next(iter(t.train_batches(0, 1, 0)))
+    assert not batch["video_mask"].any() and not batch["video_feats"].any()
+    assert (batch["video_tokens"] == -1).all()
+
+
+def test_init_modes_differ_only_where_they_should(data, tmp_path):
+    runs = {
+        m: task_of(config(data, "cbt", "qa", tmp_path / m, f"init={m}"))
+        for m in ("pretrained", "text", "random")
+    }
+    nets = {m: t.backbone() for m, t in runs.items()}
+    pre, text, rand = (nets[m].state_dict() for m in ("pretrained", "text", "random"))
+    key = "text.bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(pre[key], text[key]) and not torch.equal(pre[key], rand[key])
+    assert not torch.equal(pre["clip_projection.weight"], text["clip_projection.weight"])
+
+
+def test_vlpipe_finetune_and_evaluate_write_their_files(data, tmp_path):
+    from vlpipe.cli import main
+
+    run = tmp_path / "qa"
+    root = data["root"]
+    args = [
+        "finetune",
+        "--config",
+        str(REPO / "configs/finetune/qa.yaml"),
+        f"model={data['cbt']}",
+        f"output_dir={run}",
+        f"data.shards={data['shards']}",
+        f"data.train=[{root / 'qa_train.json'}]",
+        f"data.val=[{root / 'qa_val.json'}]",
+        "data.batch_size=4",
+        "optim.max_steps=6",
+        "optim.warmup_steps=1",
+        "eval_every=3",
+        "progress=false",
+    ]
+    assert main(args) == 0
+    for step in (3, 6):
+        metrics = json.loads((run / "eval" / f"step-{step}" / "metrics.json").read_text())
+        assert {"accuracy", "majority_accuracy"} <= set(metrics)
+        assert len(list(read_jsonl(run / "eval" / f"step-{step}" / "predictions.jsonl"))) == 4
+    best = json.loads((run / "model" / "vlpipe_step.json").read_text())
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval/accuracy" in r]
+    assert best["eval/accuracy"] == max(r["eval/accuracy"] for r in evals)
+    assert (
+        main(
+            [
+                "evaluate",
+                "qa",
+                "--model",
+                str(run),
+                "--shards",
+                str(data["shards"]),
+                "--annotations",
+                str(root / "qa_val.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "eval" / "test" / "metrics.json").read_text())["questions"] == 4
+
+
+def test_bad_annotations_are_listed_and_the_run_goes_on(data, tmp_path):
+    root = data["root"]
+    rows = json.loads((root / "qa_train.json").read_text())
+    rows += [
+        {"question": "what?", "answer": "spin", "video_id": "no-such-video", "id": 100},
+        {"question": "", "answer": "spin", "video_id": rows[0]["video_id"], "id": 101},
+        {"question": "again?", "answer": "spin", "video_id": rows[0]["video_id"], "id": 0},
+    ]
+    bad = tmp_path / "bad_qa.json"
+    bad.write_text(json.dumps(rows))
+    cfg = config(data, "cbt", "qa", tmp_path / "run", f"data.train=[{bad}]")
+    t = task_of(cfg)
+    failures = list(read_jsonl(tmp_path / "run" / "failures.jsonl"))
+    reasons = " ".join(f["reason"] for f in failures)
+    assert len(failures) == 3, failures
+    assert "no-such-video" in reasons and "empty" in reasons and "duplicate" in reasons
+    assert len(t.train_examples) == 12
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text("label,youtube_id\nx,y\n")
+    with pytest.raises(ValueError, match="MSRVTT-QA"):
+        task_of(config(data, "cbt", "qa", tmp_path / "run2", f"data.train=[{wrong}]"))
+    with pytest.raises(ConfigError, match="data.format"):
+        task_of(config(data, "cbt", "qa", tmp_path / "run3", "data.format=nope"))
+
+
+@pytest.mark.slow
+def test_kill_and_resume_follows_the_same_curve(data, tmp_path):
+    root = data["root"]
+    common = [
+        "finetune",
+        "--config",
+        str(REPO / "configs/finetune/qa.yaml"),
+        f"model={data['videobert']}",
+        f"data.shards={data['shards']}",
+        f"data.train=[{root / 'qa_train.json'}]",
+        f"data.val=[{root / 'qa_val.json'}]",
+        "data.batch_size=4",
+        "optim.max_steps=24",
+        "optim.warmup_steps=2",
+        "checkpoint_every=8",
+        "eval_every=8",
+        "progress=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def losses(run: Path) -> list[float]:
+        return [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+
+    ref = tmp_path / "ref"
+    r = subprocess.run(
+        [sys.executable, "-m", "vlpipe", *common, f"output_dir={ref}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "vlpipe", *common, f"output_dir={run}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while (
+        time.time() < deadline and len(losses(run) if (run / "metrics.jsonl").exists() else []) < 12
+    ):
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (run / "checkpoints" / "step-8").exists()
+    r = subprocess.run(
+        [sys.executable, "-m", "vlpipe", *common, f"output_dir={run}", "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_allclose(losses(run), losses(ref), rtol=1e-5)
+
+    def evals(d: Path) -> list[float]:
+        return [r["eval/accuracy"] for r in read_jsonl(d / "metrics.jsonl") if "eval/accuracy" in r]
+
+    assert evals(run) == evals(ref)
