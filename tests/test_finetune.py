@@ -320,3 +320,29 @@ def test_kill_and_resume_follows_the_same_curve(data, tmp_path):
         return [r["eval/accuracy"] for r in read_jsonl(d / "metrics.jsonl") if "eval/accuracy" in r]
 
     assert evals(run) == evals(ref)
+
+
+@pytest.mark.parametrize("model", MODELS.names())
+def test_zero_shot_classification_on_a_label_file(data, tmp_path, model):
+    from vlpipe.cli import main
+
+    templates = tmp_path / "templates.txt"
+    templates.write_text("# one per line\na video of a {label}\nhere is the {label}\n")
+    out = tmp_path / "zs.json"
+    args = ["evaluate", "zeroshot", "--model", str(data[model]), "--shards", str(data["shards"])]
+    args += ["--labels", str(data["root"] / "labels.csv"), "--templates", str(templates)]
+    assert main([*args, "--split", "val", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["clips"] == 4 and result["classes"] >= 2
+    methods = (
+        {"alignment", "masked-lm"}
+        if MODELS.get(model).module != "pipeline.models.cbt"
+        else {"alignment"}
+    )
+    assert set(result["by_method"]) == methods
+    for rows in result["by_method"].values():
+        assert {"top1", "top5", "mean_class_accuracy", "top1_ci"} <= set(rows["cross_modal"])
+        assert rows["chance"]["top1"] == 100 / result["classes"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no placeholder here\n")
+    assert main([*args, "--templates", str(bad)]) == 2

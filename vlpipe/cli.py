@@ -100,13 +100,28 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from finetune.zeroshot import evaluate_zeroshot, format_table
     from pipeline.io import atomic_write_json
 
-    result = evaluate_zeroshot(args.model, args.shards, args.labels)
+    labels = Path(args.labels).expanduser()
     out = Path(args.output) if args.output else Path(args.model) / "zeroshot.json"
+    if labels.suffix == ".json" and args.format is None:
+        # labels.json: the verb/noun protocol of methods.md 1.6 (README: the labels file)
+        from finetune.zeroshot import evaluate_zeroshot, format_table
+
+        result = evaluate_zeroshot(args.model, args.shards, labels)
+        table = format_table(result)
+    else:
+        from finetune.zeroshot_classify import evaluate_zeroshot_labels, format_label_table
+
+        fmt = args.format or {".csv": "kinetics"}.get(labels.suffix)
+        if fmt is None:
+            raise UserInputError(f"{labels}: say which annotation format it is (--format)")
+        result = evaluate_zeroshot_labels(
+            args.model, args.shards, [str(labels), *args.extra], fmt, args.templates, args.split
+        )
+        table = format_label_table(result)
     atomic_write_json(out, result)
-    print(format_table(result))
+    print(table)
     print(f"metrics and per-video predictions: {out}")
     return 0
 
@@ -185,7 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     zs = ev_sub.add_parser("zeroshot", help="zero-shot action classification (methods.md 1.6)")
     zs.add_argument("--model", required=True, help="pretrain run directory or its model/")
     zs.add_argument("--shards", required=True, help="prep output holding the labelled videos")
-    zs.add_argument("--labels", required=True, help="labels.json (verbs, nouns, segments)")
+    zs.add_argument(
+        "--labels",
+        required=True,
+        help="labels.json (verbs, nouns, segments), or a label file (kinetics.csv, ucf101 ...)",
+    )
+    zs.add_argument("--format", help="annotation format of a label file (kinetics, ucf101 ...)")
+    zs.add_argument("--extra", nargs="*", default=[], help="more files of the format (ucf101 list)")
+    zs.add_argument("--templates", help="prompt templates, one per line with {label}")
+    zs.add_argument("--split", default="test", help="labelled clips of this split (default test)")
     zs.add_argument("--output", help="metrics JSON (default: MODEL/zeroshot.json)")
     zs.set_defaults(func=cmd_evaluate)
     for task, what in (
