@@ -1,10 +1,18 @@
-"""Seeded generator of a tiny narrated "how-to" video corpus for the VideoBERT zero-shot demo.
+"""Seeded generator of a small narrated "how-to" video corpus with its downstream tasks.
 
 Each video shows one simple shape at a time performing an action while an espeak-ng voice
 narrates it the way how-to videos do ("now let me show you how to spin the triangle").
-The corpus exists so that VideoBERT (methods.md §1) can be pretrained on it and then asked the
-zero-shot question of methods.md §1.6: video tokens + "now let me show you how to [MASK] the
-[MASK]", verb from the first mask, noun from the second.
+The corpus exists so that VideoBERT (methods.md §1) and the other models can be pretrained on
+it and then asked the zero-shot question of methods.md §1.6: video tokens + "now let me show
+you how to [MASK] the [MASK]", verb from the first mask, noun from the second; and so that
+fine-tuning has open-ended QA, multiple choice, segment captions and action labels to learn,
+written by data_prep.sample_corpus_tasks in standard formats (MSRVTT-QA, TGIF-QA, YouCook2,
+Kinetics csv).
+
+Splits: train (pretraining and fine-tuning training), val (fine-tuning validation) and test
+(held out from both: zero-shot and every test metric); each draws its (verb, noun) pairs from
+its own Latin-square stream. No video shows a verb or a noun twice, so every question about a
+video has one answer in it.
 
 Design choices, all made so that the labels are learnable from *random-weight* S3D features
 average-pooled over 1.5 s clips and over space (methods.md §1.1, clip = 30 frames at 20 fps):
@@ -18,15 +26,13 @@ average-pooled over 1.5 s clips and over space (methods.md §1.1, clip = 30 fram
   dominates the pooled features and k-means groups clips by video rather than by action;
 * segments are whole clips on the 1.5 s grid, so every clip shows a single action.
 
-Measured on the committed corpus (seed 0, 66 videos) with pipeline.s3d random-init features of
-every 1.5 s clip (128 px input), held-out clips: a linear probe reads verbs at 99% and nouns at
-100%; a 12x12 hierarchical k-means leaf -> majority-label lookup reads verbs at 96% (s3dg) /
-88% (torchvision variant) and nouns at 100% / 99% (chance ~22%).
+The measured checks (Whisper, linear probe and k-means on random S3D, WordPieces) are in
+data/sample_corpus/README.md.
 
 Public API: ``generate_corpus`` and the CLI
-``python -m data_prep.sample_corpus --output DIR --num-videos N --seed S [--size 128 --fps 20]``.
-Frames and labels are a pure function of the seed; the mp4 bytes also depend on the local
-ffmpeg/x264/espeak-ng versions.
+``python -m data_prep.sample_corpus --output DIR --seed S [--segments train=200,val=40,test=120
+--size 128 --fps 20]``. Frames, labels and task files are a pure function of the seed; the mp4
+bytes also depend on the local ffmpeg/x264/espeak-ng versions.
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ logger = logging.getLogger(__name__)
 VERBS: tuple[str, ...] = ("spin", "jump", "slide", "shake", "flash")
 NOUNS: tuple[str, ...] = ("square", "triangle", "star", "heart", "cross")
 ZERO_SHOT_TEMPLATE = "now let me show you how to [MASK] the [MASK]"
+# train: pretraining and fine-tuning training; val: fine-tuning validation; test: held out from
+# both (zero-shot and every test metric). Issue 9 wants a 95 % bootstrap interval of a top-1
+# accuracy within +-10 points: with p = 0.5 that takes ~100 iid segments, so test has 120 over
+# > 25 videos.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DEFAULT_SPLIT_SEGMENTS: dict[str, int] = {"train": 200, "val": 40, "test": 120}
 
 # One colour per noun, distinct across nouns: pooled colour statistics then carry the noun, and
 # no second colour splits a noun's clips into two visual-word groups (see module doc).
@@ -101,6 +113,7 @@ FOLLOW_UPS = (
     "you can see it {ving}.",
 )
 
+ESPEAK_WPM = 150  # speaking rate; 140 made most openers too long for a 2-clip segment
 ESPEAK_SAMPLE_RATE = 22050  # espeak-ng's native rate; ffmpeg resamples the mix to 16 kHz mono
 AUDIO_SAMPLE_RATE = 16000
 # Native ffmpeg AAC. Whisper tiny.en verb recall on this narration: 16 kbit/s ~80%; 20 kbit/s
@@ -108,7 +121,11 @@ AUDIO_SAMPLE_RATE = 16000
 # a few points of lossless. Silence costs ~nothing, so size scales with seconds of speech.
 AUDIO_ENCODER_ARGS = ("-c:a", "aac", "-b:a", "20k", "-cutoff", "5000")
 CLIP_SECONDS = 1.5  # methods.md §1.1: 30-frame clips at 20 fps
-SPEECH_MARGIN_S = 0.4  # silence kept after a narration before the segment ends
+SPEECH_MARGIN_S = 0.3  # silence kept after a narration before the segment ends
+MIN_CLIPS, MAX_CLIPS = 2, 3  # segment length in clips (3-4.5 s)
+SHORT_PROB = 0.7  # chance that a segment draws MIN_CLIPS (it grows when its narration needs it)
+PAUSE_PROB = 0.1  # chance of a silent 1-clip pause (next shape standing still) before a segment
+FOLLOW_UP_PROB = 0.35  # chance to add a follow-up sentence, kept only when it fits
 
 
 @dataclass
@@ -157,20 +174,31 @@ def balanced_combo_stream(rng: np.random.Generator, count: int) -> list[tuple[st
 
 
 def take_combos(stream: list[tuple[str, str]], count: int) -> list[tuple[str, str]]:
-    """Pop ``count`` pairs for one video: no repeated pair, and neighbours share no verb/noun.
+    """Pop ``count`` <= len(VERBS) pairs for one video, no verb and no noun twice in it.
 
-    Takes the earliest pair in ``stream`` that fits (the head when none does), so the stream's
-    balance is kept up to its tail.
+    Unique verbs and nouns within a video keep its questions answerable ("what does the red
+    square do?" has one answer). Takes the earliest pairs of ``stream`` that fit together (the
+    lexicographically smallest positions, by a depth-first search over its first 40 pairs), so
+    the stream's balance is kept up to its tail; only when no such set exists (a stream's last
+    few pairs) does it fall back to the head pairs.
     """
-    taken: list[tuple[str, str]] = []
-    for _ in range(count):
-        fits = (
-            i
-            for i, (verb, noun) in enumerate(stream)
-            if (verb, noun) not in taken
-            and (not taken or (verb != taken[-1][0] and noun != taken[-1][1]))
-        )
-        taken.append(stream.pop(next(fits, 0)))
+    window = stream[:40]
+
+    def search(start: int, taken: list[int]) -> list[int] | None:
+        if len(taken) == count:
+            return taken
+        for i in range(start, len(window)):
+            verb, noun = window[i]
+            if all(verb != window[j][0] and noun != window[j][1] for j in taken):
+                found = search(i + 1, [*taken, i])
+                if found is not None:
+                    return found
+        return None
+
+    chosen = search(0, []) or list(range(min(count, len(stream))))
+    taken = [stream[i] for i in chosen]
+    for i in sorted(chosen, reverse=True):
+        del stream[i]
     return taken
 
 
@@ -186,18 +214,18 @@ def _narration(rng: np.random.Generator, index: int, verb: str, noun: str, colou
     else:
         opener = str(rng.choice(OTHER_OPENERS))
     sentences = [opener.format(first=first, **fields)]
-    if rng.random() < 0.35:
+    if rng.random() < FOLLOW_UP_PROB:
         sentences.append(str(rng.choice(FOLLOW_UPS)).format(**fields))
     return sentences
 
 
 def synthesize_speech(text: str, cache: dict[str, np.ndarray]) -> np.ndarray:
-    """espeak-ng ``-v en-us -s 140`` -> float32 mono at 22.05 kHz, silence trimmed, peak 0.7."""
+    """espeak-ng ``-v en-us -s ESPEAK_WPM`` -> float32 mono at 22.05 kHz, silence trimmed, peak 0.7."""
     if text in cache:
         return cache[text]
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = Path(tmp) / "speech.wav"
-        cmd = ["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(wav_path), text]
+        cmd = ["espeak-ng", "-v", "en-us", "-s", str(ESPEAK_WPM), "-w", str(wav_path), text]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not wav_path.exists():
             raise SampleCorpusError(f"espeak-ng failed for {text!r}: {done.stderr.strip()}")
@@ -213,6 +241,11 @@ def synthesize_speech(text: str, cache: dict[str, np.ndarray]) -> np.ndarray:
     return audio
 
 
+def _clips_for(audio: np.ndarray) -> int:
+    """Whole clips that hold this speech plus the silent margin after it."""
+    return int(np.ceil((len(audio) / ESPEAK_SAMPLE_RATE + SPEECH_MARGIN_S) / CLIP_SECONDS))
+
+
 def plan_video(
     rng: np.random.Generator,
     video_id: str,
@@ -221,9 +254,12 @@ def plan_video(
     speech_cache: dict[str, np.ndarray],
     unnarrated_prob: float = 0.15,
 ) -> tuple[VideoPlan, list[np.ndarray]]:
-    """Lay out segments on the clip grid: 2-4 clips each, optional 1-clip silent pauses.
+    """Lay out segments on the clip grid: 2-3 clips each, rare 1-clip silent pauses.
 
-    Returns the plan and the speech waveform of each segment (empty array if unnarrated).
+    A segment draws 2 (p = SHORT_PROB) or 3 clips and grows to 3 only when its opening sentence needs it; a
+    follow-up sentence is kept only when it fits in the clips drawn (short segments keep the
+    corpus near 1400 s with >= 360 segments). Returns the plan and the speech waveform of each
+    segment (empty array if unnarrated).
     """
     t = 0.0
     segments: list[Segment] = []
@@ -234,23 +270,26 @@ def plan_video(
         silent_index = int(rng.integers(1, len(combos)))
     for index, (verb, noun) in enumerate(combos):
         colour = NOUN_COLOURS[noun]
-        if index > 0 and rng.random() < 0.25:  # a short pause: next object shown still, no voice
+        if index > 0 and rng.random() < PAUSE_PROB:  # next object shown still, no voice
             pauses.append((t, t + CLIP_SECONDS, noun, colour))
             t += CLIP_SECONDS
+        num_clips = MIN_CLIPS if rng.random() < SHORT_PROB else MAX_CLIPS
         if index == silent_index:
             sentences, audio = [], np.zeros(0, np.float32)
         else:
             sentences = _narration(rng, index, verb, noun, colour)
             audio = synthesize_speech(" ".join(sentences), speech_cache)
-            if len(audio) / ESPEAK_SAMPLE_RATE + SPEECH_MARGIN_S > 4 * CLIP_SECONDS:
-                sentences = sentences[:1]  # two sentences would overrun a 4-clip segment
+            if len(sentences) > 1 and _clips_for(audio) > num_clips:
+                sentences = sentences[:1]  # the follow-up does not fit: drop it
                 audio = synthesize_speech(sentences[0], speech_cache)
-        speech_s = len(audio) / ESPEAK_SAMPLE_RATE
-        needed = int(np.ceil((speech_s + SPEECH_MARGIN_S) / CLIP_SECONDS))
-        num_clips = int(np.clip(max(needed, rng.integers(2, 4)), 2, 4))
+            if _clips_for(audio) > MAX_CLIPS:  # an opener too long for any segment
+                sentences = [f"how to {verb} the {noun}."]
+                audio = synthesize_speech(sentences[0], speech_cache)
+            num_clips = max(num_clips, _clips_for(audio))
         end = t + num_clips * CLIP_SECONDS
         text = " ".join(sentences)
-        segments.append(Segment(t, end, verb, noun, colour, text, round(t + speech_s, 3)))
+        speech_end = round(t + len(audio) / ESPEAK_SAMPLE_RATE, 3)
+        segments.append(Segment(t, end, verb, noun, colour, text, speech_end))
         speech.append(audio)
         t = end
     plan = VideoPlan(video_id, split, round(t, 3), segments, pauses)
@@ -416,27 +455,55 @@ def write_vtt(plan: VideoPlan, path: Path) -> None:
     path.write_text("\n".join(cues), encoding="utf-8")
 
 
+def split_video_counts(
+    rng: np.random.Generator, target: int, per_video: tuple[int, int]
+) -> list[int]:
+    """Segments per video for one split, summing to exactly ``target``.
+
+    Draws from per_video = (lo, hi) with weights rising to hi (more segments per video means
+    fewer videos to prep); the last draws are trimmed so that no video gets fewer than lo
+    (unless the whole split is smaller than lo).
+    """
+    lo, hi = per_video
+    choices = np.arange(lo, hi + 1)
+    weights = np.minimum(choices - lo + 1, 2).astype(np.float64)  # (1, 2, 2) for 3..5
+    counts: list[int] = []
+    left = target
+    while left > 0:
+        count = int(rng.choice(choices, p=weights / weights.sum()))
+        if left - count < lo:
+            count = left if left <= hi else left - lo
+        counts.append(count)
+        left -= count
+    return counts
+
+
 def generate_corpus(
     output_dir: str | Path,
-    num_videos: int,
     seed: int,
+    split_segments: dict[str, int] | None = None,
     size: int = 128,
     fps: int = 20,
-    heldout_fraction: float = 0.2,
     segments_per_video: tuple[int, int] = (3, 5),
     num_subtitled: int = 2,
     crf: int = 34,
 ) -> Path:
-    """Render ``num_videos`` narrated how-to mp4s into ``output_dir`` and return labels.json.
+    """Render the narrated how-to mp4s into ``output_dir``; write labels.json and the task files.
 
-    Held-out videos (``round(heldout_fraction * num_videos)``, at least one when
-    ``num_videos >= 2``) draw their (verb, noun) pairs from a separate balanced stream, so both
-    splits see every verb and noun once each split has >= len(VERBS) segments. The first
-    ``num_subtitled`` videos get a ``.vtt`` next to their mp4. Raises ValueError on bad
-    arguments and SampleCorpusError when espeak-ng or ffmpeg fails.
+    ``split_segments``: labelled action segments per split (default DEFAULT_SPLIT_SEGMENTS:
+    train 200, val 40, test 120). Each split draws its (verb, noun) pairs from its own balanced
+    stream, so every split sees every verb and noun once it has >= len(VERBS) segments. Videos
+    of the three splits are interleaved in id order. The first ``num_subtitled`` videos get a
+    ``.vtt`` next to their mp4. Raises ValueError on bad arguments and SampleCorpusError when
+    espeak-ng or ffmpeg fails.
     """
-    if num_videos < 1 or size < 32 or fps < 1 or not 0 <= heldout_fraction < 1:
-        raise ValueError(f"bad corpus arguments: {num_videos=} {size=} {fps=} {heldout_fraction=}")
+    from data_prep.sample_corpus_tasks import write_task_files
+
+    split_segments = dict(DEFAULT_SPLIT_SEGMENTS if split_segments is None else split_segments)
+    if set(split_segments) - set(SPLITS) or any(n < 0 for n in split_segments.values()):
+        raise ValueError(f"split_segments: counts >= 0 for splits {SPLITS}, got {split_segments}")
+    if sum(split_segments.values()) < 1 or size < 32 or fps < 1:
+        raise ValueError(f"bad corpus arguments: {split_segments=} {size=} {fps=}")
     if not 1 <= segments_per_video[0] <= segments_per_video[1] <= len(VERBS):
         raise ValueError(f"segments_per_video must lie in [1, {len(VERBS)}]: {segments_per_video}")
     if abs(CLIP_SECONDS * fps - round(CLIP_SECONDS * fps)) > 1e-9:
@@ -444,70 +511,87 @@ def generate_corpus(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus_rng = np.random.default_rng(seed)
-    num_heldout = min(num_videos - 1, max(1, round(heldout_fraction * num_videos)))
-    heldout = set(corpus_rng.permutation(num_videos)[:num_heldout].tolist())
-    # Fewer segments are likelier (weights 3:2:1 for 3/4/5) so most videos last ~12-20 s.
-    choices = np.arange(segments_per_video[0], segments_per_video[1] + 1)
-    weights = (segments_per_video[1] + 1 - choices).astype(np.float64)
-    counts = corpus_rng.choice(choices, size=num_videos, p=weights / weights.sum())
-    streams = {
-        split: balanced_combo_stream(corpus_rng, int(counts.sum()))
-        for split in ("train", "heldout")
-    }
+    plan: list[tuple[str, int]] = []  # (split, segments) of every video
+    streams: dict[str, list[tuple[str, str]]] = {}
+    for split in SPLITS:
+        target = split_segments.get(split, 0)
+        plan += [(split, n) for n in split_video_counts(corpus_rng, target, segments_per_video)]
+        # One spare Latin square: without it the last video of a split can be left with pairs
+        # that repeat its verbs or nouns. The spare pairs are simply never used.
+        streams[split] = balanced_combo_stream(corpus_rng, target + len(VERBS) * len(NOUNS))
+    plan = [plan[i] for i in corpus_rng.permutation(len(plan))]  # interleave the splits
     speech_cache: dict[str, np.ndarray] = {}
     videos: dict[str, dict] = {}
-    for index in range(num_videos):
-        split = "heldout" if index in heldout else "train"
-        combos = take_combos(streams[split], int(counts[index]))
+    for index, (split, count) in enumerate(plan):
+        combos = take_combos(streams[split], count)
         video_rng = np.random.default_rng([seed, index])  # each video independent of the others
         video_id = f"howto_{index:04d}"
-        plan, speech = plan_video(video_rng, video_id, split, combos, speech_cache)
-        frames = render_video(plan, size, fps, video_rng)
-        encode_mp4(frames, mix_narration(plan, speech), fps, out / f"{video_id}.mp4", crf)
-        entry = {"file": f"{video_id}.mp4", "split": split, "duration": plan.duration}
-        entry["segments"] = [asdict(s) for s in plan.segments]
+        vplan, speech = plan_video(video_rng, video_id, split, combos, speech_cache)
+        frames = render_video(vplan, size, fps, video_rng)
+        encode_mp4(frames, mix_narration(vplan, speech), fps, out / f"{video_id}.mp4", crf)
+        entry = {"file": f"{video_id}.mp4", "split": split, "duration": vplan.duration}
+        entry["segments"] = [asdict(s) for s in vplan.segments]
         if index < num_subtitled:
-            write_vtt(plan, out / f"{video_id}.vtt")
+            write_vtt(vplan, out / f"{video_id}.vtt")
             entry["subtitles"] = f"{video_id}.vtt"
         videos[video_id] = entry
-    for split in ("train", "heldout"):  # §1.6 needs every label in both splits to be fair
+    for split in SPLITS:  # §1.6 needs every label in every split to be fair
         segs = [s for v in videos.values() if v["split"] == split for s in v["segments"]]
         missing = (set(VERBS) | set(NOUNS)) - {s["verb"] for s in segs} - {s["noun"] for s in segs}
         if segs and missing:
             logger.warning("%s: split %r lacks %s (corpus too small)", out, split, sorted(missing))
+    counts = ",".join(f"{k}={split_segments.get(k, 0)}" for k in SPLITS)
     labels = {
         "verbs": list(VERBS),
         "nouns": list(NOUNS),
         "template": ZERO_SHOT_TEMPLATE,
         "generator": {
-            "command": f"python -m data_prep.sample_corpus --output DIR --num-videos {num_videos}"
-            f" --seed {seed} --size {size} --fps {fps} --num-subtitled {num_subtitled}",
+            "command": f"python -m data_prep.sample_corpus --output DIR --seed {seed}"
+            f" --segments {counts} --size {size} --fps {fps} --num-subtitled {num_subtitled}",
             "clip_seconds": CLIP_SECONDS,
             "crf": crf,
         },
         "videos": videos,
     }
+    labels["annotations"] = write_task_files(out, labels, seed)
     labels_path = out / "labels.json"
     labels_path.write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
     return labels_path
+
+
+def parse_split_segments(text: str) -> dict[str, int]:
+    """ "train=200,val=40,test=120" -> {"train": 200, "val": 40, "test": 120}."""
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in SPLITS or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"--segments: expected SPLIT=N with SPLIT in {SPLITS}")
+        out[name.strip()] = int(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point; prints the labels path, video count and time taken."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--num-videos", required=True, type=int)
     parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument(
+        "--segments",
+        type=parse_split_segments,
+        default=dict(DEFAULT_SPLIT_SEGMENTS),
+        help="labelled segments per split, e.g. train=200,val=40,test=120 (the default)",
+    )
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels")
     parser.add_argument("--fps", type=int, default=20, help="frames per second (§1.1: 20)")
     parser.add_argument("--num-subtitled", type=int, default=2, help="videos given a .vtt")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     labels_path = generate_corpus(
-        args.output, args.num_videos, args.seed, args.size, args.fps,
+        args.output, args.seed, args.segments, args.size, args.fps,
         num_subtitled=args.num_subtitled,
     )  # fmt: skip
-    print(f"{labels_path}: {args.num_videos} videos in {time.perf_counter() - began:.1f} s")
+    videos = json.loads(labels_path.read_text())["videos"]
+    print(f"{labels_path}: {len(videos)} videos in {time.perf_counter() - began:.1f} s")
 
 
 if __name__ == "__main__":

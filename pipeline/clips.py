@@ -30,10 +30,10 @@ def sentence_clip_range(
     the video, or with end <= start) gives the empty range (len(spans), len(spans)).
     """
     n = len(spans)
-    ends = [e for _, e in spans]
-    first = bisect.bisect_right(ends, start)  # first clip that ends after the span starts
+    # first clip that ends after the span starts; O(log n), no copy of the spans
+    first = bisect.bisect_right(spans, start, key=lambda span: span[1])
     if first >= n or spans[first][0] >= end:
         return n, n
-    starts = [s for s, _ in spans]
-    stop = bisect.bisect_left(starts, end, lo=first)  # first clip that starts at or after `end`
+    # first clip that starts at or after the span ends
+    stop = bisect.bisect_left(spans, end, lo=first, key=lambda span: span[0])
     return first, stop

@@ -18,22 +18,28 @@ from data_prep.sample_corpus import (
     CLIP_SECONDS,
     NOUN_COLOURS,
     NOUNS,
+    SPLITS,
+    VERB_FORMS,
     VERBS,
     ZERO_SHOT_TEMPLATE,
     balanced_combo_stream,
     generate_corpus,
     main,
+    split_video_counts,
     take_combos,
 )
+from finetune.readers import MCItem, read_annotations
 
-SEED, NUM_VIDEOS, SIZE, FPS = 5, 3, 128, 20
+SEED, SIZE, FPS = 5, 128, 20
+SEGMENTS = {"train": 6, "val": 3, "test": 4}
+COMMITTED = Path(__file__).resolve().parents[1] / "data" / "sample_corpus"
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Three videos written through the CLI."""
+    """Four small videos (13 segments over three splits) written through the CLI."""
     out = tmp_path_factory.mktemp("corpus")
-    main(["--output", str(out), "--num-videos", str(NUM_VIDEOS), "--seed", str(SEED)])
+    main(["--output", str(out), "--seed", str(SEED), "--segments", "train=6,val=3,test=4"])
     return out, json.loads((out / "labels.json").read_text())
 
 
@@ -70,33 +76,41 @@ def test_combo_stream_is_balanced_and_videos_avoid_repeats() -> None:
         assert sorted(v for v, _ in block) == sorted(VERBS)
         assert sorted(n for _, n in block) == sorted(NOUNS)
     assert len(set(stream[:25])) == 25 and len(set(stream[25:])) == 25
-    while len(stream) >= 5:
-        taken = take_combos(stream, 4)
-        assert len(set(taken)) == 4
-        for (v1, n1), (v2, n2) in zip(taken, taken[1:], strict=False):
-            assert v1 != v2 and n1 != n2
+    while len(stream) >= 25:  # a video never shows a verb or a noun twice
+        for count in (3, 4, 5):
+            taken = take_combos(stream, count)
+            assert len({v for v, _ in taken}) == len({n for _, n in taken}) == count
+    rng = np.random.default_rng(1)
+    for target in (0, 2, 3, 7, 40, 120, 200):
+        counts = split_video_counts(rng, target, (3, 5))
+        assert sum(counts) == target and all(3 <= c <= 5 for c in counts[:-1] if target >= 3)
 
 
 def test_labels_schema(corpus: tuple[Path, dict]) -> None:
     out, labels = corpus
     assert labels["verbs"] == list(VERBS) and labels["nouns"] == list(NOUNS)
     assert labels["template"] == ZERO_SHOT_TEMPLATE
-    assert len(labels["videos"]) == NUM_VIDEOS
-    splits = [v["split"] for v in labels["videos"].values()]
-    assert splits.count("heldout") == 1 and splits.count("train") == NUM_VIDEOS - 1
+    for split, count in SEGMENTS.items():
+        videos = [v for v in labels["videos"].values() if v["split"] == split]
+        assert sum(len(v["segments"]) for v in videos) == count
     seen_verbs = set()
     for video_id, video in labels["videos"].items():
         assert (out / video["file"]).is_file() and video["file"] == f"{video_id}.mp4"
         segments = video["segments"]
         assert 3 <= len(segments) <= 5
-        assert 9.0 <= video["duration"] <= 30.0
+        assert (
+            len({s["verb"] for s in segments})
+            == len({s["noun"] for s in segments})
+            == len(segments)
+        )
+        assert 6.0 <= video["duration"] <= 24.0
         previous_end = 0.0
         for seg in segments:
             assert seg["verb"] in VERBS and seg["noun"] in NOUNS
             assert seg["colour"] == NOUN_COLOURS[seg["noun"]]
             assert previous_end <= seg["start"] < seg["speech_end"] + 1e-9 <= seg["end"] + 1e-9
             clips = (seg["end"] - seg["start"]) / CLIP_SECONDS
-            assert round(clips) == pytest.approx(clips) and 2 <= round(clips) <= 4
+            assert round(clips) == pytest.approx(clips) and 2 <= round(clips) <= 3
             assert seg["start"] / CLIP_SECONDS == pytest.approx(round(seg["start"] / 1.5))
             if seg["text"]:  # the narration names the action it accompanies
                 words = re.findall(r"[a-z]+", seg["text"])
@@ -134,12 +148,14 @@ def test_videos_decode_at_expected_size_fps_duration(corpus: tuple[Path, dict]) 
 
 def test_same_seed_gives_same_labels_and_frames(corpus: tuple[Path, dict], tmp_path: Path) -> None:
     out, labels = corpus
-    again = generate_corpus(tmp_path, NUM_VIDEOS, SEED)
+    again = generate_corpus(tmp_path, SEED, SEGMENTS)
     assert json.loads(again.read_text()) == labels
+    for task in (out / "annotations").rglob("*.*"):  # the task files too, byte for byte
+        assert task.read_bytes() == (tmp_path / task.relative_to(out)).read_bytes()
     for video in labels["videos"].values():
         a, b = decode_frames(out / video["file"]), decode_frames(tmp_path / video["file"])
         assert hashlib.sha256(a.tobytes()).digest() == hashlib.sha256(b.tobytes()).digest()
-    other = generate_corpus(tmp_path / "other", 1, SEED + 1)
+    other = generate_corpus(tmp_path / "other", SEED + 1, {"train": 3})
     assert json.loads(other.read_text())["videos"] != labels["videos"]
 
 
@@ -213,10 +229,81 @@ def test_narration_is_audible_only_when_spoken(corpus: tuple[Path, dict]) -> Non
 
 
 def test_bad_arguments_raise(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="num_videos"):
-        generate_corpus(tmp_path, 0, 1)
+    with pytest.raises(ValueError, match="split_segments"):
+        generate_corpus(tmp_path, 1, {"train": 0})
+    with pytest.raises(ValueError, match="split_segments"):
+        generate_corpus(tmp_path, 1, {"heldout": 3})
     with pytest.raises(ValueError, match="fps=7"):
-        generate_corpus(tmp_path, 1, 1, fps=7)
+        generate_corpus(tmp_path, 1, {"train": 3}, fps=7)
+    with pytest.raises(SystemExit):
+        main(["--output", str(tmp_path), "--seed", "1", "--segments", "train=x"])
+
+
+def check_task_files(out: Path, labels: dict) -> dict[str, int]:
+    """Read every task file back through finetune.readers and check it against labels.json.
+
+    Returns the number of records per task. No reader may report a failure.
+    """
+    videos, tasks = labels["videos"], labels["annotations"]
+    verbs, nouns = set(labels["verbs"]), set(labels["nouns"])
+    counts = {}
+    for split in SPLITS:
+        segs = {vid: v["segments"] for vid, v in videos.items() if v["split"] == split}
+        qa = read_annotations(tasks["qa"]["format"], out / tasks["qa"]["files"][split])
+        assert not qa.failures and len(qa.items) == 2 * sum(map(len, segs.values()))
+        for item in qa.items:  # one answer per video: its segments' verbs and nouns are unique
+            truth = [s["verb"] for s in segs[item.video_id]] + [
+                s["noun"] for s in segs[item.video_id]
+            ]
+            assert truth.count(item.answer) == 1
+            seg = next(s for s in segs[item.video_id] if item.answer in (s["verb"], s["noun"]))
+            if item.answer in nouns:  # "what shape spins?": the question names the verb
+                assert any(form in item.question for form in VERB_FORMS[seg["verb"]][:2])
+            else:  # "what does the red square do?": it names the noun
+                assert seg["noun"] in item.question
+        mc = read_annotations(tasks["mc"]["format"], out / tasks["mc"]["files"][split])
+        assert not mc.failures and all(isinstance(i, MCItem) for i in mc.items)
+        assert len(mc.items) == len(qa.items)
+        for item in mc.items:
+            assert set(item.options) in (verbs, nouns)
+            truth = [s["verb"] for s in segs[item.video_id]] + [
+                s["noun"] for s in segs[item.video_id]
+            ]
+            assert item.options[item.answer_index] in truth
+        counts[split] = len(qa.items)
+    captions = read_annotations("youcook2", out / tasks["captions"]["files"]["test"])
+    assert not captions.failures
+    for item in captions.items:
+        seg = next(s for s in videos[item.video_id]["segments"] if s["start"] == item.start)
+        assert item.end == seg["end"] and item.split == videos[item.video_id]["split"]
+        assert seg["noun"] in item.caption.split()
+    for kind in ("verb", "noun"):
+        read = read_annotations("kinetics", out / tasks["labels"]["files"][kind])
+        assert not read.failures
+        expected = [(vid, s["start"], s["end"], s[kind], v["split"])
+                    for vid, v in sorted(videos.items()) for s in v["segments"]]  # fmt: skip
+        assert [(i.video_id, i.start, i.end, i.label, i.split) for i in read.items] == expected
+    return counts
+
+
+def test_task_files_read_back(corpus: tuple[Path, dict]) -> None:
+    out, labels = corpus
+    counts = check_task_files(out, labels)
+    assert counts == {split: 2 * n for split, n in SEGMENTS.items()}
+
+
+def test_committed_corpus_sizes_and_task_files() -> None:
+    """data/sample_corpus: the split sizes issue 9 asks for, small on disk, readable tasks."""
+    labels = json.loads((COMMITTED / "labels.json").read_text())
+    videos = labels["videos"].values()
+    per_split = {s: [v for v in videos if v["split"] == s] for s in SPLITS}
+    segments = {s: sum(len(v["segments"]) for v in vs) for s, vs in per_split.items()}
+    assert segments["test"] >= 120 and len(per_split["test"]) >= 25
+    assert segments["val"] >= 40 and segments["train"] >= 200
+    assert sum(v["duration"] for v in videos) <= 1500
+    size = sum(p.stat().st_size for p in COMMITTED.rglob("*") if p.is_file())
+    assert size <= 6_000_000
+    check_task_files(COMMITTED, labels)
 
 
 @pytest.mark.slow
