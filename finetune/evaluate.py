@@ -19,14 +19,16 @@ from finetune.task import load_finetuned, write_predictions
 
 def evaluate_run(
     run: str | Path,
-    shards: str,
+    shards: str | list[str],
     annotations: list[str],
     fmt: str | None = None,
     split: str | None = "test",
     output: str | Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of the fine-tuned `run` on `annotations` (written with the predictions)."""
-    overrides: dict[str, Any] = {"shards": str(Path(shards).expanduser()), "val": annotations}
+    shards = [shards] if isinstance(shards, str | Path) else shards
+    overrides: dict[str, Any] = {"shards": [str(Path(p).expanduser()) for p in shards]}
+    overrides["val"] = annotations
     overrides["val_split"] = split
     if fmt:
         overrides["format"] = fmt

@@ -88,7 +88,8 @@ class FinetuneTask(Task):
         self.best_metric = TASKS.get(cfg.task).best_metric
         self.model_dir = resolve_model_dir(cfg.model)
         self.backbone_name = model_name_of(self.model_dir)
-        require_path("data.shards", cfg.data.shards, "a `vlpipe prep` output directory")
+        for path in cfg.data.shards:
+            require_path("data.shards", path, "a `vlpipe prep` output directory")
         for i, path in enumerate([*cfg.data.train, *cfg.data.val]):
             require_path("data.train" if i < len(cfg.data.train) else "data.val", path, "a file")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from pipeline.clips import sentence_clip_range
 from pipeline.config import UserInputError
 from pipeline.models import load_pretrained, model_name_of, resolve_model_dir
 from pipeline.shards import decode_sample, shard_urls
@@ -70,45 +71,48 @@ def label_ids(tokenizer, words: list[str], kind: str) -> list[int]:
 
 
 def load_queries(shards: str, labels: dict, centroids: np.ndarray | None) -> list[Query]:
-    """Segments of the labelled videos, cut from the prep samples by their time spans."""
+    """Segments of the labelled videos, cut from the prep samples by their time spans (the
+    clips that overlap a segment, pipeline.clips: the rule transcript sentences follow)."""
     videos = labels["videos"]
-    wanted = {k: v for k, v in videos.items() if v.get("split") in HELD_OUT} or videos
+    wanted = {k: v for k, v in videos.items() if v.get("split") in HELD_OUT}
+    if not wanted:
+        log.warning("labels file marks no video as test/heldout: scoring every video in it")
+        wanted = videos
     by_file = {Path(v["file"]).as_posix(): k for k, v in wanted.items()}
 
-    def video_of(source: str) -> str | None:
-        # prep records the input as given (a relative path, or a manifest's absolute path)
-        src = Path(source).as_posix()
+    def video_of(meta: dict) -> str | None:
+        # a manifest id (as the demo's prep manifests give), else the input path as given
+        manifest_id = (meta.get("input_extra") or {}).get("manifest_id")
+        if manifest_id in wanted:
+            return manifest_id
+        src = Path(meta["source"]).as_posix()
         return next((k for f, k in by_file.items() if src == f or src.endswith("/" + f)), None)
 
     verbs, nouns = labels["verbs"], labels["nouns"]
     queries = []
     for raw in wds.WebDataset(shard_urls(shards), shardshuffle=False, empty_check=False):
         sample = decode_sample(raw)
-        vid = video_of(sample["meta.json"]["source"])
+        vid = video_of(sample["meta.json"])
         if vid is None:
             continue
-        clips = sample["clips.json"]["clips"]
+        spans = [(c["start"], c["end"]) for c in sample["clips.json"]["clips"]]
         feats = sample["feat.npy"].astype(np.float32)
         words = nearest_words(feats, centroids)
         for seg in wanted[vid]["segments"]:
-            keep = [
-                i
-                for i, c in enumerate(clips)
-                if c["end"] > seg["start"] and c["start"] < seg["end"]
-            ]
-            if not keep:
+            first, stop = sentence_clip_range(spans, seg["start"], seg["end"])
+            if first >= stop:
                 continue
             queries.append(
                 Query(
                     vid,
                     verbs.index(seg["verb"]),
                     nouns.index(seg["noun"]),
-                    feats[keep],
-                    words[keep],
+                    feats[first:stop],
+                    words[first:stop],
                 )
             )
     if not queries:
-        raise ValueError(f"no labelled segment of {len(wanted)} videos found in {shards}")
+        raise UserInputError(f"no labelled segment of {len(wanted)} videos found in {shards}")
     return queries
 
 

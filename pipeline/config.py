@@ -102,6 +102,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
         return value
     if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [value]  # `data.train=file.json` means a list of one
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp, *_) = get_args(tp) or (Any,)

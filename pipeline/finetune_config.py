@@ -27,7 +27,7 @@ from pipeline.train_config import EngineConfig
 
 @dataclass
 class FinetuneDataConfig:
-    shards: PathStr = ""  # prep output holding the videos of every split
+    shards: list[PathStr] = field(default_factory=list)  # prep output dir(s) with the videos
     format: str = "msrvtt-qa"  # annotation format: a reader of finetune.readers (README table)
     train: list[PathStr] = field(default_factory=list)  # training annotation file(s)
     val: list[PathStr] = field(default_factory=list)  # validation file(s); [] = the train files
@@ -40,7 +40,7 @@ class FinetuneDataConfig:
 
     def validate(self) -> None:
         if not self.shards:
-            raise ConfigError("shards: the prep output directory is required (data.shards=DIR)")
+            raise ConfigError("shards: a prep output directory is required (data.shards=DIR)")
         if not self.train:
             raise ConfigError("train: at least one annotation file (data.train=[FILE])")
         check_range("fraction", self.fraction, 0, 1)

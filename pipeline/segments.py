@@ -107,6 +107,7 @@ class SegmentStream(IterableDataset):
         world_size: int = 1,
         skip_batches: int = 0,
         epochs: int | None = None,
+        centroids: np.ndarray | None = None,
     ) -> None:
         self.urls = shard_urls(data.shards)
         if not self.urls:
@@ -115,6 +116,9 @@ class SegmentStream(IterableDataset):
         self.vocab_dir, self.seed, self.rank, self.world = data.vocab, seed, rank, world_size
         self.skip_batches, self.use_fmap = skip_batches, data.use_fmap
         self.epochs = epochs  # None: endless (training); N: N passes, the last batch may be short
+        # Visual words of shards `vlpipe cluster` did not assign (held-out data): the nearest of
+        # these centroids [V, F], as zero-shot evaluation assigns them.
+        self.centroids = centroids
         self._tokenizer = None
         self._token_cache: dict[str, dict[str, np.ndarray]] = {}
 
@@ -126,9 +130,14 @@ class SegmentStream(IterableDataset):
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         return self._tokenizer
 
-    def visual_tokens(self, url: str, key: str, n: int) -> np.ndarray:
+    def visual_tokens(self, url: str, key: str, feats: np.ndarray) -> np.ndarray:
+        """int64 [T] visual word per clip: nearest centroid, the cluster's token sidecar, or -1."""
+        if self.centroids is not None:
+            from pipeline.visual_words import nearest_words
+
+            return nearest_words(feats.astype(np.float32), self.centroids)
         if self.vocab_dir is None:
-            return np.full(n, -1, np.int64)
+            return np.full(len(feats), -1, np.int64)
         name = Path(url).name
         if name not in self._token_cache:
             from pipeline.visual_words import load_tokens  # noqa: PLC0415  (optional input)
@@ -171,7 +180,7 @@ class SegmentStream(IterableDataset):
             for seg in segs:
                 seg["feat"] = sample["feat.npy"][seg["first"] : seg["stop"]]
                 seg["tok"] = self.visual_tokens(
-                    sample["__url__"], sample["__key__"], len(sample["feat.npy"])
+                    sample["__url__"], sample["__key__"], sample["feat.npy"]
                 )[seg["first"] : seg["stop"]]
                 if self.use_fmap and "fmap.npy" in sample:
                     seg["fmap"] = sample["fmap.npy"][seg["first"] : seg["stop"]]

@@ -200,8 +200,11 @@ class ResumableShardWriter:
             self._writer = None
 
 
-def shard_urls(path: str | Path) -> list[str]:
-    """Tar files of a prep (or cluster) output directory, from its manifest when present."""
+def shard_urls(path: str | Path | list[str | Path]) -> list[str]:
+    """Tar files of a prep (or cluster) output directory, from its manifest when present; of
+    every directory, in order, for a list of them."""
+    if isinstance(path, list | tuple):
+        return [url for p in path for url in shard_urls(p)]
     path = Path(path)
     if path.is_file():
         return [str(path)]

@@ -115,11 +115,15 @@ class PretrainTask(Task):
         RNG), so the curve shows the model, not the draw."""
         if not self.cfg.data.heldout:
             return {}
-        data = dataclasses.replace(self.cfg.data, shards=self.cfg.data.heldout)
+        # Held-out shards have no token sidecars: their visual words are the nearest centroids.
+        data = dataclasses.replace(self.cfg.data, shards=self.cfg.data.heldout, vocab=None)
         torch.manual_seed(self.cfg.seed)
         sums: dict[str, float] = {}
         count = 0
-        for batch in SegmentStream(data, self.text_model, self.cfg.seed, epochs=1):
+        stream = SegmentStream(
+            data, self.text_model, self.cfg.seed, epochs=1, centroids=self.centroids
+        )
+        for batch in stream:
             for k, v in self.objective(model, batch).items():
                 value = float(v)
                 if value == value:  # NaN: a term with no eligible row in this batch

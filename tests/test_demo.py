@@ -11,12 +11,17 @@ from vlpipe.demo import CORPUS, split_overrides
 
 
 def test_demo_overrides_are_routed_and_checked():
-    model, limit, per = split_overrides(["model=cbt", "limit=4", "prep.video.size=64"])
-    assert (model, limit, per["prep"]) == ("cbt", 4, ["video.size=64"])
+    model, limit, tasks, per = split_overrides(
+        ["model=cbt", "limit=4", "prep.video.size=64", "tasks=qa", "finetune.optim.max_steps=3"]
+    )
+    assert (model, limit, tasks, per["prep"]) == ("cbt", 4, ["qa"], ["video.size=64"])
+    assert per["finetune"] == ["optim.max_steps=3"]
     with pytest.raises(ConfigError, match="model"):
         split_overrides(["model=gpt"])
     with pytest.raises(ConfigError, match="prefix"):
         split_overrides(["video.size=64"])
+    with pytest.raises(ConfigError, match="task"):
+        split_overrides(["tasks=qa,dance"])
 
 
 def test_bundled_corpus_is_small_and_labelled():
@@ -25,7 +30,10 @@ def test_bundled_corpus_is_small_and_labelled():
     assert all(f.exists() for f in files)
     assert sum(f.stat().st_size for f in CORPUS.iterdir()) < 6_000_000
     splits = {v["split"] for v in labels["videos"].values()}
-    assert splits == {"train", "heldout"}
+    assert splits == {"train", "val", "test"}
+    for task in labels["annotations"].values():
+        files = task["files"].values()
+        assert all((CORPUS / f).exists() for f in files)
 
 
 @pytest.mark.slow
@@ -43,12 +51,22 @@ def test_demo_runs_every_stage(tmp_path: Path, model: str):
         "prep.video.size=64",
         "prep.video.fps=8",
         "pretrain.optim.warmup_steps=1",
+        "pretrain.eval_every=2",
+        "finetune.optim.max_steps=2",
+        "finetune.optim.warmup_steps=1",
+        "finetune.eval_every=1",
+        *(["tasks=qa,caption,classify"] if model == "videobert" else ["tasks=qa"]),
     ]
     assert cli_main(args) == 0
     report = (out / "report.md").read_text()
     for needle in ("Stage timings", "Visual vocabulary", "Zero-shot", "language prior", "chance"):
         assert needle in report
-    assert (out / f"loss_curve-{model}.png").stat().st_size > 1000
+    assert "Fine-tuning" in report and "text only" in report and "blind" in report
+    assert (out / f"training-{model}.png").stat().st_size > 1000
+    assert (out / f"finetune-{model}.png").stat().st_size > 1000
+    finetune = json.loads((out / f"finetune-{model}.json").read_text())
+    assert set(finetune["qa"]) == {"pretrained", "text only", "blind"}
+    assert "accuracy" in finetune["qa"]["pretrained"]["test"]
     result = json.loads((out / f"zeroshot-{model}.json").read_text())
     assert result["segments"] > 0 and result["model"] == model
     for regime in ("cross_modal", "language_prior", "chance"):
