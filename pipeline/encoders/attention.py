@@ -63,23 +63,27 @@ class SelfAttention(nn.Module):
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
 
-    def _project(self, x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(q scaled [N, h, L, Dh], k, v, additive bias [N or 1, 1, L or 1, L])."""
+    def _project(
+        self, x: Tensor, sizes: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(q scaled [N, h, L, Dh], k, v, additive bias [N or 1, 1, L, L] or None)."""
         n, length, _ = x.shape
         qkv = self.qkv(x).view(n, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [N, h, L, Dh]
         scale = self.temperature.view(1, -1, 1, 1) if self.lsa else self.head_dim**-0.5
-        bias = torch.zeros(1, 1, 1, length, dtype=x.dtype, device=x.device)
+        bias = None  # no mask at all lets SDPA pick its fused kernels
         if sizes is not None:
-            bias = bias + sizes.to(x.dtype).log()[:, None, None, :]
+            bias = sizes.to(x.dtype).log()[:, None, None, :].expand(-1, -1, length, -1)
         if self.lsa:
-            bias = bias + lsa_diagonal_bias(length, x.dtype, x.device)
+            diagonal = lsa_diagonal_bias(length, x.dtype, x.device)
+            bias = diagonal if bias is None else bias + diagonal
         return q * scale, k, v, bias
 
     def weights(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Attention probabilities [N, h, L, L] (explicitly, for tests and inspection)."""
         q, k, _, bias = self._project(x, sizes)
-        return (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)
+        logits = q @ k.transpose(-2, -1)
+        return (logits if bias is None else logits + bias).softmax(dim=-1)
 
     def forward(self, x: Tensor, sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         q, k, v, bias = self._project(x, sizes)
@@ -87,7 +91,7 @@ class SelfAttention(nn.Module):
             q,
             k,
             v,
-            attn_mask=bias.expand(-1, -1, x.shape[1], -1),
+            attn_mask=bias,
             dropout_p=self.attention_dropout if self.training else 0.0,
             scale=1.0,  # q is already scaled (fixed Dh^-0.5 or the LSA temperature)
         )  # [N, h, L, Dh]
