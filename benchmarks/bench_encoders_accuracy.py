@@ -286,28 +286,35 @@ def summarise(rows: list[dict], out: Path) -> None:
 
 
 def _plot(points: list[tuple[str, float, float, float]], path: Path) -> None:
+    """Two panels (verb, noun): accuracy vs GMAC per clip, one marker per configuration, colour
+    per encoder family, legend below (labels would overlap on the points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    for ax, column, title in ((axes[0], 2, "verb"), (axes[1], 3, "noun")):
-        for label, gmac, *acc in points:
-            ax.scatter(gmac, acc[column - 2], s=30)
-            ax.annotate(
-                label,
-                (gmac, acc[column - 2]),
-                fontsize=6,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+    families = ["S3D", "vivit_mini", "vivit_factorised", "video_swin"]
+    colours = dict(zip(families, ["black", "tab:blue", "tab:orange", "tab:green"], strict=True))
+    markers = "osD^vP*Xhp<>"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.5), sharey=True)
+    seen: dict[str, int] = {}
+    for label, gmac, verb, noun in points:
+        family = next((f for f in families[::-1] if label.startswith(f)), "S3D")
+        marker = markers[seen.setdefault(family, 0) % len(markers)]
+        seen[family] += 1
+        for ax, acc in ((axes[0], verb), (axes[1], noun)):
+            ax.scatter(gmac, acc, marker=marker, color=colours[family], s=45, label=label)
+    for ax, title in zip(axes, ("verb", "noun"), strict=True):
         ax.set_xscale("log")
-        ax.set_xlabel("GMAC per clip (flop_counter / 2)")
-        ax.set_title(f"held-out {title} accuracy")
+        ax.set_xlabel("GMAC per clip (torch.utils.flop_counter / 2)")
+        ax.set_title(f"held-out {title} accuracy (sample corpus)")
         ax.axhline(0.2, color="grey", lw=0.5, ls="--")
-    axes[0].set_ylabel("accuracy (mean over seeds)")
-    fig.tight_layout()
+        ax.set_ylim(0.0, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy, mean over seeds (chance 0.2)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
 
