@@ -312,3 +312,25 @@ def test_s3d_adapter_equals_todays_extractor() -> None:
         np.testing.assert_allclose(out.pooled[0].numpy(), feat, rtol=1e-4, atol=1e-5)
         tokens = out.tokens[0].reshape(2, *fmap.shape[1:3], 1024).numpy()
         np.testing.assert_allclose(tokens, fmap.astype(np.float32), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["vivit_base", "vivit_factorised_base"])
+def test_published_vivit_configurations(name) -> None:
+    """ViViT-B widths and depths as configured (hidden 768, 12 heads, MLP 3072; the factorised
+    model adds a 4-block temporal encoder); run on 2 frames of 32 px to keep the test fast."""
+    encoder = build_encoder(name, ["frames=2", "size=32"])
+    s = encoder.settings
+    assert (s.hidden_dim, s.num_heads, s.mlp_dim, s.num_layers, s.tubelet) == (
+        768,
+        12,
+        3072,
+        12,
+        (2, 16, 16),
+    )
+    assert len(encoder.blocks) == 12
+    if "factorised" in name:
+        assert len(encoder.temporal_blocks) == 4
+    with torch.no_grad():
+        out = encoder(_frames(batch=1, clips=2, frames=2, size=32), return_tokens=True)
+    assert out.pooled.shape == (1, 2, 768)
+    assert out.tokens.shape == ((1, 2, 1, 768) if "factorised" in name else (1, 2, 4, 768))
