@@ -1,7 +1,7 @@
 """Visual encoders: compute (GMAC per clip), parameters, inference clips/s and training steps/s for
 each encoder and option, with the issue-11 targets measured against a baseline in the same run.
 
-    python benchmarks/bench_encoders.py             # everything (about 10-15 min on 1 busy core)
+    python benchmarks/bench_encoders.py             # everything (about 20 min on 1 thread, busy host)
     python benchmarks/bench_encoders.py --quick     # shorter timing windows, fewer ToMe r values
 
 Sections:

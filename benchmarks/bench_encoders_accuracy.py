@@ -3,7 +3,7 @@ and without each reducer, SPT + LSA on and off, against the S3D-feature baseline
 vs compute (GMAC per clip).
 
     python benchmarks/bench_encoders_accuracy.py --output out/bench_encoders_accuracy
-    python benchmarks/bench_encoders_accuracy.py --seeds 0 1 2 --epochs 12 --size 48
+    python benchmarks/bench_encoders_accuracy.py --seeds 0 1 2   # about 25 min a seed on 1 thread
     python benchmarks/bench_encoders_accuracy.py --only vivit_mini video_swin_mini   # a subset
 
 Data: data/sample_corpus (53 train / 13 held-out videos, labels.json), decoded once with
