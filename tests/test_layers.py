@@ -1,5 +1,5 @@
 """Building blocks and losses: NCE / KL against their formulas, co-attention streams and masks,
-TokenLearner v1.1 shapes and weights."""
+text framing. (TokenLearner: tests/test_encoders_reducers.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pipeline.losses import nce_loss, nce_with_pool_negatives, soft_assignment, 
 from pipeline.models.layers import (
     CoAttentionLayer,
     MultiHeadAttention,
-    TokenLearnerV11,
     TransformerBlock,
 )
 from pipeline.models.text import add_cls_sep
@@ -168,29 +167,6 @@ def test_co_attention_swapping_streams_and_weights_swaps_outputs() -> None:
     torch.testing.assert_close(b_out, b_swapped)
     # without the weight swap the roles are not interchangeable
     assert not torch.allclose(first(b, b_mask, a, a_mask)[0], b_out)
-
-
-# --- TokenLearner ---------------------------------------------------------------------------
-
-
-def test_token_learner_shapes_and_weights() -> None:
-    batch, clips, h, w, dim, tokens = 2, 3, 4, 5, 24, 6
-    learner = TokenLearnerV11(dim, tokens, bottleneck_dim=16)
-    x = torch.randn(batch * clips, h * w, dim)  # [B*T, h*w, D]
-    out = learner(x)
-    assert out.shape == (batch * clips, tokens, dim)
-    weights = learner.attention_weights(x)
-    assert weights.shape == (batch * clips, tokens, h * w)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(batch * clips, tokens))
-    assert (weights >= 0).all()
-    torch.testing.assert_close(out, weights @ x)  # convex combinations of the raw features
-
-
-def test_token_learner_of_constant_map_returns_that_feature() -> None:
-    learner = TokenLearnerV11(8, 3)
-    feature = torch.randn(8)
-    out = learner(feature.expand(2, 10, 8))
-    torch.testing.assert_close(out, feature.expand(2, 3, 8))
 
 
 # --- text framing ---------------------------------------------------------------------------

@@ -10,8 +10,7 @@ tokens. Written from the scenic Flax modules, with their numerics:
 * v1 convolutions: 3x3, SAME padding, no bias, Flax default lecun_normal init (4.1).
 * TokenFuser's token-mixing Dense has a zero kernel (4.3), so a fresh fuser adds only its bias path.
 
-`pipeline.models.layers.TokenLearnerV11` (the two-stream model's block) uses exact-erf GELU; the
-test suite measures that difference against the scenic re-expression (tests/test_encoders_reducers).
+The two-stream model's TokenLearner (methods.md 3 + 4.2) is `TokenLearnerV11` from here too.
 """
 
 from __future__ import annotations
@@ -33,6 +32,11 @@ class ScenicMlp(nn.Module):
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
         self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """scenic's init: xavier_uniform kernels, normal(std=1e-6) biases (a model whose generic
+        init touches every Linear calls this again afterwards)."""
         for linear in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.normal_(linear.bias, std=1e-6)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import initialization as init
 
 
 def key_padding_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -183,38 +182,3 @@ class CoAttentionLayer(nn.Module):
         self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         return self.to_a(a, b, b_mask), self.to_b(b, a, a_mask)
-
-
-class TokenLearnerV11(nn.Module):
-    """TokenLearner v1.1 (methods.md 4.2, scenic `TokenLearnerModuleV11`).
-
-    x [N, P, D] (N = B*T clips, P = h*w positions) -> tokens [N, S, D]: S softmax-weighted averages
-    of the *un-normalised* input over space, weights from MLP(LN(x)) (D -> bottleneck -> S, GELU).
-    Because the weights sum to 1 over P, each token lives in the same space and scale as the
-    spatially pooled feature, so the same input projection serves both.
-    """
-
-    def __init__(
-        self, dim: int, num_tokens: int, bottleneck_dim: int = 64, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLP(dim, bottleneck_dim, num_tokens, dropout)
-        self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """scenic init: xavier_uniform kernels, normal(std=1e-6) biases."""
-        for linear in (self.mlp.fc1, self.mlp.fc2):
-            init.xavier_uniform_(linear.weight)
-            init.normal_(linear.bias, std=1e-6)
-
-    def attention_weights(self, x: Tensor) -> Tensor:
-        """x [N, P, D] -> spatial weights [N, S, P], each row summing to 1 over P."""
-        logits = self.dropout(self.mlp(self.norm(x)))  # [N, P, S]
-        return logits.transpose(1, 2).softmax(dim=-1)  # [N, S, P]
-
-    def forward(self, x: Tensor) -> Tensor:
-        weights = self.attention_weights(x)  # [N, S, P]
-        return torch.einsum("nsp,npd->nsd", weights, x)  # [N, S, D]

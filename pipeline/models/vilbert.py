@@ -31,6 +31,7 @@ from transformers import BertConfig
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 
+from pipeline.encoders.tokenlearner import ScenicMlp, TokenLearnerV11
 from pipeline.losses import (
     cross_entropy_or_zero,
     nce_with_pool_negatives,
@@ -38,7 +39,7 @@ from pipeline.losses import (
     soft_target_kl,
 )
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
-from pipeline.models.layers import CoAttentionLayer, TokenLearnerV11, TransformerBlock
+from pipeline.models.layers import CoAttentionLayer, TransformerBlock
 from pipeline.models.settings import ViLBERTObjectiveSettings, ViLBERTSettings
 from pipeline.models.text import TextTower, TiedMaskedLMHead
 
@@ -85,8 +86,9 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         self.token_learner: TokenLearnerV11 | None = None
         self.token_slots: nn.Embedding | None = None
         if settings.use_token_learner:
+            # scenic's v1.1 block (methods.md 4.2), the one the visual encoders use too.
             self.token_learner = TokenLearnerV11(
-                config.feat_dim, settings.num_learned_tokens, settings.token_learner_bottleneck
+                config.feat_dim, settings.num_learned_tokens, settings.token_learner_bottleneck, 0.0
             )
             self.token_slots = nn.Embedding(settings.num_learned_tokens, d_v)  # which of S maps
         self.visual_layers = nn.ModuleList(
@@ -128,7 +130,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         super()._init_weights(module)  # Linear / Embedding / LayerNorm from initializer_range
         if isinstance(module, TiedMaskedLMHead):
             init.zeros_(module.bias)
-        elif isinstance(module, TokenLearnerV11):
+        elif isinstance(module, ScenicMlp):
             module.reset_parameters()  # scenic's xavier init, after the generic Linear init
 
     def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
