@@ -29,7 +29,9 @@ import numpy as np
 
 from data_prep.asr import AudioDecodeError, load_audio, read_subtitles
 from data_prep.inputs import InputItem
-from data_prep.video import VideoDecodeError, file_sha256, iter_clips, probe_video
+from data_prep.video import VideoDecodeError, iter_clips, probe_video
+from pipeline.io import file_sha256
+from pipeline.prep_config import PrepConfig
 
 CLIPS_PER_EVENT = 8  # clips per queue message: bounds memory (8 x 30 x 224^2 x 3 = 36 MB)
 SAMPLE_RATE = 16000
@@ -43,12 +45,26 @@ class StageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSettings:
-    decoder: str
-    fps: float
-    clip_seconds: float
-    size: int
-    thumbnail_size: int
-    asr_source: str  # auto | whisper | subtitles | none
+    """What a worker needs from the prep config (picklable, built only by `from_config`)."""
+
+    decoder: str  # video.decoder
+    fps: float  # video.fps
+    clip_seconds: float  # video.clip_seconds
+    size: int  # video.size
+    thumbnail_size: int  # features.thumbnail_size
+    asr_source: str  # asr.source: auto | whisper | subtitles | none
+
+    @classmethod
+    def from_config(cls, cfg: PrepConfig) -> DecodeSettings:
+        v = cfg.video
+        return cls(
+            decoder=v.decoder,
+            fps=v.fps,
+            clip_seconds=v.clip_seconds,
+            size=v.size,
+            thumbnail_size=cfg.features.thumbnail_size,
+            asr_source=cfg.asr.source,
+        )
 
 
 def materialize(ref: str, tmp_dir: Path) -> Path:

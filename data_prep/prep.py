@@ -30,13 +30,12 @@ from data_prep.align import align
 from data_prep.decode_worker import DecodeSettings, video_events, worker_main
 from data_prep.inputs import InputItem, discover_inputs, quick_fingerprint
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
-from pipeline.io import append_jsonl, atomic_write_json
+from pipeline.io import append_jsonl, atomic_write_json, file_sha256
 from pipeline.prep_config import PrepConfig
 from pipeline.shards import (
     STATE_DIR,
     ResumableShardWriter,
     completed_shards,
-    file_digest,
     latest_failures,
     merge_state,
     npy_bytes,
@@ -155,7 +154,7 @@ def find_duplicates(items: list[InputItem]) -> dict[str, InputItem]:
             continue
         by_digest: dict[str, list[InputItem]] = defaultdict(list)
         for item in group:  # confirm with the full content hash
-            by_digest[file_digest(Path(item.path))].append(item)
+            by_digest[file_sha256(item.path)].append(item)
         for same in by_digest.values():
             for dup in same[1:]:
                 dups[dup.key] = same[0]
@@ -395,15 +394,7 @@ class Prep:
 
     # ----------------------------------------------------------------------------- driving
     def decode_settings(self) -> DecodeSettings:
-        v = self.cfg.video
-        return DecodeSettings(
-            v.decoder,
-            v.fps,
-            v.clip_seconds,
-            v.size,
-            self.cfg.features.thumbnail_size,
-            self.cfg.asr.source,
-        )
+        return DecodeSettings.from_config(self.cfg)
 
     def run_inline(self, todo: list[InputItem]) -> None:
         for item in todo:

@@ -18,7 +18,6 @@ decoded and centre-cropped, one clip at a time, so memory stays bounded for 4K i
 Shape legend: T frames per clip, H x W space; clip frames are uint8 [T, size, size, 3] RGB.
 """
 
-import hashlib
 import logging
 import math
 from collections import deque
@@ -83,12 +82,6 @@ class Clip:
     frames: np.ndarray  # uint8 [T, size, size, 3]
     num_real_frames: int  # < T when a partial clip is padded by repeating its last frame
     thumb: np.ndarray | None = None  # uint8 [thumb_size, thumb_size, 3], middle real frame
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (never the whole file in memory)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def clip_spans(duration: float, clip_seconds: float) -> list[tuple[float, float]]:

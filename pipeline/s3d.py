@@ -18,7 +18,6 @@ separable ``conv1`` (``conv1.conv1`` [64, 3, 1, 7, 7] + ``conv1.conv2`` [64, 64,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -544,14 +545,6 @@ def _map_to_canonical(
     return mapped
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _build_s3d(variant: str, seed: int) -> S3D:
     """Build with a seeded init, without disturbing the caller's global RNG state."""
     with torch.random.fork_rng(devices=[]):
@@ -594,5 +587,5 @@ def load_s3d(path: str | None, variant: str = "auto", seed: int = 0) -> tuple[S3
     name = _detect_variant(state, layout, path) if variant == "auto" else variant
     model = _build_s3d(name, seed)
     model.load_state_dict(_map_to_canonical(state, layout, model, path, name), strict=False)
-    info = {"variant": name, "layout": layout, "weights": _file_sha256(path), "path": path}
+    info = {"variant": name, "layout": layout, "weights": file_sha256(path), "path": path}
     return model.eval(), {**info, "seed": seed}

@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from pipeline.io import append_jsonl, atomic_write_text, read_jsonl
+from pipeline.io import append_jsonl, atomic_write_text, file_sha256, read_jsonl
+
+# The one sha256 helper lives in pipeline.io; the old name stays for data_prep.cluster.
+file_digest = file_sha256
 
 SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{6})\.tar$")
 STATE_DIR = "_state"
@@ -52,14 +55,6 @@ def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rank_state_path(out_dir: Path, rank: int, kind: str) -> Path:
@@ -186,7 +181,7 @@ class ResumableShardWriter:
             "name": final.name,
             "samples": len(keys),
             "bytes": final.stat().st_size,
-            "sha256": file_digest(final),
+            "sha256": file_sha256(final),
             "keys": keys,
         }
         append_jsonl(self.state, record)

@@ -19,10 +19,10 @@ from data_prep.video import (
     Clip,
     VideoDecodeError,
     clip_spans,
-    file_sha256,
     iter_clips,
     probe_video,
 )
+from pipeline.io import file_sha256
 
 DECODERS = ["decord", "pyav"]
 
