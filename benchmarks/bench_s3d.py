@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
-from pipeline.s3d import S3D_VARIANTS, S3DFeatureExtractor, load_s3d  # noqa: E402
+from pipeline.s3d import S3D_VARIANTS, load_s3d  # noqa: E402
+from pipeline.s3d_extract import S3DFeatureExtractor  # noqa: E402
 
 
 def time_extractor(
@@ -148,7 +149,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("\nno CUDA GPU present: bf16-on-GPU mode skipped")
         return
-    gpu = S3DFeatureExtractor(model, cfg, "cuda", bf16=True)
+    gpu = S3DFeatureExtractor(model, cfg, "cuda", precision="bf16")
     gpu_rates = sweep(gpu, args, f"GPU bf16 ({torch.cuda.get_device_name(0)})")
     if cpu_rates:
         base = args.batches[0]
