@@ -10,15 +10,20 @@ models) consumes from a bounded queue, so a long or 4K video never sits in memor
                                              frames uint8 [n, T, S, S, 3], thumbs uint8 [n, s, s, 3]
     ("speech", key, payload)                 {"audio": int16 [N] @16 kHz | None,
                                               "subtitles": Transcript json | None, "note": str}
-    ("end", key, {"clips": n, "decode_seconds": t})
+    ("end", key, {"clips": n, "decode_seconds": t})   t: video and audio decoding
     ("error", key, stage, message)           the input failed at `stage`; nothing more follows
+    ("log", key, level, message)             a warning logged while decoding (names the file)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import multiprocessing as mp
 import os
+import queue
 import shutil
+import signal
 import tarfile
 import time
 import traceback
@@ -155,9 +160,10 @@ def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[
                 f"{item.display}: shorter than half a clip "
                 f"({info.duration:.2f} s < {s.clip_seconds / 2:.2f} s), no clip to keep",
             )
-        decode_seconds = time.perf_counter() - t0
         stage = "audio"
-        yield ("speech", key, _speech(item, path, info.has_audio, s, tmp_dir))
+        speech = _speech(item, path, info.has_audio, s, tmp_dir)
+        decode_seconds = time.perf_counter() - t0  # video and audio
+        yield ("speech", key, speech)
         yield ("end", key, {"clips": n, "decode_seconds": decode_seconds})
     except StageError as e:
         yield ("error", key, e.stage, str(e))
@@ -171,14 +177,68 @@ def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[
             path.unlink(missing_ok=True)
 
 
+class _ForwardLogs(logging.Handler):
+    """Sends a worker's warnings to the main process as ("log", key, level, message) events.
+
+    The main process prints them above its progress bar; written by the worker itself they
+    would cut through the bar.
+    """
+
+    def __init__(self, event_q) -> None:
+        super().__init__(logging.WARNING)
+        self.event_q, self.key = event_q, ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _put(self.event_q, ("log", self.key, record.levelno, record.getMessage()))
+        except Exception:  # never let logging fail a video
+            self.handleError(record)
+
+
+def quiet_ffmpeg() -> None:
+    """Keep FFmpeg's own stderr lines (which name no file) out of the output.
+
+    Decoding problems still surface: they raise, or video.py logs them naming the file. PyAV
+    keeps FFmpeg quiet by default; decord2 bundles its own FFmpeg, which logs unless told.
+    """
+    try:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+    except (ImportError, AttributeError):
+        pass
+
+
+def _put(event_q, event: tuple) -> None:
+    """Queue an event; give up (exit) if the main process is gone (killed with -9)."""
+    while True:
+        try:
+            event_q.put(event, timeout=1.0)
+            return
+        except queue.Full:
+            parent = mp.parent_process()
+            if parent is not None and not parent.is_alive():
+                raise SystemExit(0) from None
+
+
 def worker_main(task_q, event_q, settings: DecodeSettings, tmp_dir: str) -> None:
     """Process entry point: take inputs until a None arrives."""
     # Decoding is single-threaded per worker; keep BLAS/OpenMP pools from oversubscribing cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group. The main process decides:
+    # it stops at a safe point and then kills the workers (a worker killed in the middle of a
+    # queue message would leave the main process waiting for the rest of it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    quiet_ffmpeg()
+    forward = _ForwardLogs(event_q)
+    logging.getLogger().addHandler(forward)
+    logging.getLogger().setLevel(logging.WARNING)
     while True:
         item = task_q.get()
         if item is None:
             return
-        event_q.put(("start", item.key, os.getpid()))
+        forward.key = item.key
+        _put(event_q, ("start", item.key, os.getpid()))
         for event in video_events(item, settings, Path(tmp_dir)):
-            event_q.put(event)
+            _put(event_q, event)

@@ -58,7 +58,7 @@ def npy_bytes(a: np.ndarray) -> bytes:
 
 
 def rank_state_path(out_dir: Path, rank: int, kind: str) -> Path:
-    """`_state/{kind}-rank{rank:03d}.jsonl`, kind in {"shards", "failures"}."""
+    """`_state/{kind}-rank{rank:03d}.jsonl`, kind in {"shards", "failures", "duplicates"}."""
     return out_dir / STATE_DIR / f"{kind}-rank{rank:03d}.jsonl"
 
 
@@ -95,7 +95,7 @@ def _locked(out_dir: Path):
 
 
 def merge_state(out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Rewrite `manifest.jsonl` and `failures.jsonl` from every rank's state files.
+    """Rewrite `manifest.jsonl`, `failures.jsonl` and `duplicates.jsonl` from the ranks' state.
 
     Each rank calls this when it finishes, under a file lock: a rank appends its last record
     before taking the lock, so whichever rank merges last sees everything, with no barrier (and
@@ -107,11 +107,17 @@ def merge_state(out_dir: Path) -> tuple[list[dict], list[dict]]:
         failures = latest_failures(out_dir)
         # An input that failed once and succeeded on a retry is not a failure.
         fails = sorted((f for k, f in failures.items() if k not in done), key=lambda r: r["key"])
+        dups: dict[str, dict] = {}  # the latest record per key, as for failures
+        for path in sorted((out_dir / STATE_DIR).glob("duplicates-rank*.jsonl")):
+            for rec in read_jsonl(path):
+                if rec["key"] not in done:
+                    dups[rec["key"]] = {k: v for k, v in rec.items() if k != "time"}
         atomic_write_text(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in shards))
-        atomic_write_text(
-            out_dir / "failures.jsonl",
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fails),
-        )
+        for name, records in (("failures", fails), ("duplicates", [dups[k] for k in sorted(dups)])):
+            atomic_write_text(
+                out_dir / f"{name}.jsonl",
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+            )
     return shards, fails
 
 
