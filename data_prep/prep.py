@@ -36,6 +36,7 @@ import numpy as np
 from data_prep.align import align
 from data_prep.decode_worker import DecodeSettings, quiet_ffmpeg, video_events, worker_main
 from data_prep.inputs import InputError, InputItem, discover_inputs, find_duplicates
+from data_prep.interrupt import INTERRUPTED_LINE, PrepInterrupted, StopOnSignal
 from data_prep.prep_report import PrepSummary, print_summary
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.io import append_jsonl, atomic_write_json
@@ -53,7 +54,6 @@ from pipeline.shards import (
 __all__ = ["Prep", "PrepInterrupted", "PrepSummary", "print_summary", "run_prep"]
 
 log = logging.getLogger("vlpipe.prep")
-INTERRUPTED_LINE = "interrupted: rerun the same command to resume"
 
 
 @dataclass
@@ -75,49 +75,6 @@ class VideoState:
     def complete(self) -> bool:
         """Decoded and every clip through S3D (the transcript may still be running)."""
         return self.end is not None and len(self.feats) == len(self.spans)
-
-
-class PrepInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; raised at the next safe point of the run."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopOnSignal:
-    """While active, SIGINT/SIGTERM only set `signum`; `check()` raises PrepInterrupted.
-
-    The run calls `check()` between events and between S3D batches, so a signal never lands in
-    the middle of a shard write. A second Ctrl-C interrupts at once (Python's default handler).
-    Handlers can only be installed from the main thread; elsewhere this does nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnSignal:
-        try:
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread
-            pass
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise PrepInterrupted(self.signum)
 
 
 def dist_info() -> tuple[int, int, int]:
