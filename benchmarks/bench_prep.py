@@ -90,12 +90,47 @@ def video_seconds(folder: Path) -> float:
 
 
 def features_of(out: Path) -> dict[str, np.ndarray]:
+    """source file name -> stored features float32 [T, 1024]."""
     import webdataset as wds
 
     from pipeline.shards import decode_sample, shard_urls
 
     ds = wds.WebDataset(shard_urls(out), shardshuffle=False, empty_check=False)
-    return {s["__key__"]: s["feat.npy"].astype(np.float32) for s in ds.map(decode_sample)}
+    return {
+        Path(s["meta.json"]["source"]).name: s["feat.npy"].astype(np.float32)
+        for s in ds.map(decode_sample)
+    }
+
+
+def probe_accuracy(feats: dict[str, np.ndarray], labels_path: Path, clip_seconds: float) -> str:
+    """Linear probe (logistic regression) on train-split clips, accuracy on held-out clips.
+
+    A clip is labelled with the (verb, noun) of the segment that holds it (segments lie on the
+    clip grid, data/sample_corpus/README.md); clips outside every segment are left out.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    videos = json.loads(labels_path.read_text())["videos"]
+    data: dict[str, tuple[list, list, list]] = {"train": ([], [], []), "heldout": ([], [], [])}
+    for video in videos.values():
+        rows = feats.get(video["file"])
+        if rows is None:
+            continue
+        x, verbs, nouns = data[video["split"]]
+        for i, row in enumerate(rows):
+            mid = (i + 0.5) * clip_seconds
+            seg = next((g for g in video["segments"] if g["start"] <= mid < g["end"]), None)
+            if seg is not None:
+                x.append(row), verbs.append(seg["verb"]), nouns.append(seg["noun"])
+    out = []
+    for task, idx in (("verb", 1), ("noun", 2)):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+        clf.fit(np.stack(data["train"][0]), data["train"][idx])
+        acc = clf.score(np.stack(data["heldout"][0]), data["heldout"][idx])
+        out.append(f"{task} {100 * acc:.0f} %")
+    return f"linear probe on {len(data['heldout'][0])} held-out clips: " + ", ".join(out)
 
 
 def run_setting(config: str, overrides: list[str], videos: Path, tmp: Path) -> dict:
@@ -112,7 +147,7 @@ def run_setting(config: str, overrides: list[str], videos: Path, tmp: Path) -> d
         "s = run_prep(cfg, sys.argv[2], Path(sys.argv[3]))\n"
         "print(json.dumps({'wall': s.wall, 'video_seconds': s.video_seconds, 'clips': s.clips,"
         " 'ok': s.ok, 'failed': sum(s.failed.values()), 'timings': dict(s.timings),"
-        " 's3d': s.s3d, 'workers': s.num_workers}))\n"
+        " 's3d': s.s3d, 'workers': s.num_workers, 'clip_seconds': cfg.video.clip_seconds}))\n"
     )
     args = [sys.executable, "-c", code, config, str(videos), str(out), "progress=false"]
     t0 = time.perf_counter()
@@ -126,19 +161,22 @@ def run_setting(config: str, overrides: list[str], videos: Path, tmp: Path) -> d
     return result
 
 
-def report(name: str, res: dict, base: dict | None) -> None:
+def report(name: str, res: dict, base: dict | None, labels: Path | None = None) -> None:
     wall, secs = res["wall"], res["video_seconds"]
     line = f"{name:34s} {secs / wall:6.2f}x real time  ({res['clips']} clips in {wall:6.1f} s"
     line += f", {res['process_seconds']:.0f} s with start-up)"
     if base is not None:
         speed = (secs / wall) / (base["video_seconds"] / base["wall"])
-        diffs = [
+        diffs = [  # only where the setting computes the same thing (not other video settings)
             float(np.abs(res["feats"][k] - f).max() / max(np.abs(f).max(), 1e-12))
             for k, f in base["feats"].items()
-            if k in res["feats"]
+            if k in res["feats"] and res["same_function"]
         ]
-        line += f"  {speed:5.2f}x the first setting, features max rel diff {max(diffs):.1e}"
+        line += f"  {speed:5.2f}x the first setting; stored (float16) features max rel diff "
+        line += f"{max(diffs):.1e}" if diffs else "n/a (other video settings)"
     print(line)
+    if labels is not None:
+        print(f"{'':34s} {probe_accuracy(res['feats'], labels, res['clip_seconds'])}")
     busy = sum(res["timings"].get(s, 0.0) for s in STAGES) or 1.0
     shares = ", ".join(f"{s} {100 * res['timings'].get(s, 0.0) / busy:.0f} %" for s in STAGES)
     idle = 100 * res["timings"].get("wait", 0.0) / wall
@@ -171,6 +209,11 @@ def main() -> None:
             ("before (features.engine=reference)", ["features.engine=reference"]),
             ("after (default settings)", []),
         ]
+        if args.demo:  # a cheaper demo setting is only worth it if the probe holds up
+            settings += [
+                ("after, 96 px x 12 frames", ["video.size=96", "video.fps=8"]),
+                ("after, 64 px x 12 frames", ["video.size=64", "video.fps=8"]),
+            ]
         if args.sweep:
             settings += [
                 ("after, 1 worker", ["num_workers=1"]),
@@ -185,7 +228,9 @@ def main() -> None:
         results = []
         for name, overrides in settings:
             res = run_setting(config, [*overrides, *args.overrides], videos, tmp)
-            report(name, res, results[0] if results else None)
+            res["same_function"] = not any(o.startswith("video.") for o in overrides)
+            labels = videos / "labels.json" if (videos / "labels.json").exists() else None
+            report(name, res, results[0] if results else None, labels)
             results.append(res)
         print(f"load average {os.getloadavg()[0]:.1f} at the end (other processes share the CPU)")
     finally:

@@ -117,12 +117,28 @@ def _speech(item: InputItem, path: Path, has_audio: bool, s: DecodeSettings, tmp
 
 
 def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[tuple]:
-    """All events for one input (see module docstring); errors become one final "error" event."""
+    """All events for one input (see module docstring); errors become one final "error" event.
+
+    The "end" event's decode_seconds counts only the time spent producing events, not the time
+    the consumer held this generator (a full queue, or S3D running inline in between).
+    """
+    events, busy = _video_events(item, s, tmp_dir), 0.0
+    while True:
+        t0 = time.perf_counter()
+        event = next(events, None)
+        busy += time.perf_counter() - t0
+        if event is None:
+            return
+        if event[0] == "end":
+            event[2]["decode_seconds"] = busy
+        yield event
+
+
+def _video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[tuple]:
     key = item.key
     path = None
     stage = "read"
     try:
-        t0 = time.perf_counter()
         path = materialize(item.path, tmp_dir)
         if not path.exists():
             raise StageError("read", f"{item.display}: file does not exist")
@@ -161,10 +177,8 @@ def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[
                 f"({info.duration:.2f} s < {s.clip_seconds / 2:.2f} s), no clip to keep",
             )
         stage = "audio"
-        speech = _speech(item, path, info.has_audio, s, tmp_dir)
-        decode_seconds = time.perf_counter() - t0  # video and audio
-        yield ("speech", key, speech)
-        yield ("end", key, {"clips": n, "decode_seconds": decode_seconds})
+        yield ("speech", key, _speech(item, path, info.has_audio, s, tmp_dir))
+        yield ("end", key, {"clips": n, "decode_seconds": 0.0})  # set by video_events
     except StageError as e:
         yield ("error", key, e.stage, str(e))
     except (VideoDecodeError, AudioDecodeError) as e:
