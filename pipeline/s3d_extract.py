@@ -13,14 +13,20 @@ Two engines compute the same function, the trunk of `pipeline.s3d.S3D` (methods.
     ``bn(conv(x, w)) = conv(x, w * s) + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``);
   - ReLU applied by oneDNN as a post-op of the convolution (one pass over the output, not three);
   - channels_last_3d (NDHWC) throughout: oneDNN's native layout (no reorder around each
-    convolution) and a max-pool about 4x cheaper than over NCDHW;
+    convolution);
+  - max-pools as three 1-D max-pools over strided views (`SeparableMaxPool3d`): exact, and no
+    index tensor or padded copy as aten's max_pool3d + F.pad make;
   - each Inception branch gated straight into its slice of the block output (no torch.cat);
   - the uint8 clips are scaled and rearranged by space-to-depth in two passes.
 
-  Profile on 2 cores (30 x 224^2 clips): reference spends 47 % in convolutions, 19 % in NCDHW
-  max-pools and 15 % in BatchNorm + ReLU; fused cuts the CPU time per clip ~2.5x (see
-  benchmarks/bench_s3d.py for the figures measured on this machine). The result equals the
-  reference up to float rounding (about 1e-7 relative; tests hold it under 1e-5).
+  torch.profiler, 30 x 224^2 clips: the reference spends 47 % of its time in convolutions, 19 %
+  in NCDHW max-pools and 15 % in BatchNorm + ReLU. Measured on 1 thread (CPU seconds per clip,
+  batch 8, AMD EPYC, a loaded machine): reference 1.67, fused with aten pools 0.71, fused 0.62
+  (2.7x). benchmarks/bench_s3d.py prints the figures for the machine it runs on. The result
+  equals the reference up to float rounding (about 3e-7 relative; tests hold it under 1e-5).
+  Also tried: torch.compile (inductor, freezing) of the channels-last model: about 20 % less CPU
+  per clip than fused before the separable pools, but 1.5-2.5 minutes of compilation per
+  process on 2 cores, more than it saves on a laptop-sized run; not used.
 
 Precision: ``fp32`` is exact up to rounding and the CPU default. ``bf16`` (GPU default; on a CPU
 with avx512_bf16 about 1.9x faster again) changes features by about 3e-3 relative. ``fp16`` is
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -38,7 +45,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.s3d import INCEPTION_BLOCKS, S3D, InceptionBlock, S3DConfig, SelfGating, STConv3D
+from pipeline.s3d import (
+    INCEPTION_BLOCKS,
+    S3D,
+    InceptionBlock,
+    MaxPool3dS3D,
+    S3DConfig,
+    SelfGating,
+    STConv3D,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +128,84 @@ class FusedUnit(nn.Module):
         return x
 
 
+class SeparableMaxPool3d(nn.Module):
+    """A max-pool of the S3D trunk as three 1-D max-pools (W, then H, then T): max is exact, so
+    the result is bit-identical, and channels_last_3d stays channels_last_3d.
+
+    Covers both conventions of `MaxPool3dS3D` (methods.md 8.2/8.3) and the Inception branch's
+    ``nn.MaxPool3d(3, 1, 1)``. TF-"SAME" pads zeros at the end; every input here comes out of a
+    ReLU (or a sigmoid gate times one), so it is >= 0 and a zero pad never wins a window that
+    holds a real value, which every window does: the padded max equals the max over the window's
+    real part. aten's max_pool3d (with indices, plus F.pad's copy) took ~25 % of the fused
+    trunk's time; this takes about a third of that.
+    x [B, C, T, H, W] -> [B, C, T', H', W'].
+    """
+
+    def __init__(self, pool: MaxPool3dS3D | nn.MaxPool3d) -> None:
+        super().__init__()
+
+        def triple(v: int | Sequence[int]) -> tuple[int, int, int]:
+            return (v, v, v) if isinstance(v, int) else tuple(v)
+
+        if isinstance(pool, MaxPool3dS3D):
+            self.kernel, self.stride = triple(pool.kernel), triple(pool.stride)
+            padding, ceil, self.tf_same = pool.padding, pool.tf_same, pool.tf_same
+        else:
+            self.kernel, self.stride = triple(pool.kernel_size), triple(pool.stride)
+            padding, ceil, self.tf_same = pool.padding, pool.ceil_mode, False
+        if self.tf_same:  # zeros after the data: max(k - s, 0) cells, floor half first (= 0 here)
+            pads = [max(k - s, 0) for k, s in zip(self.kernel, self.stride, strict=True)]
+            if any(p // 2 for p in pads):
+                raise ValueError(f"TF-SAME pads before the data are not supported: {pads}")
+            self.front, self.back = (0, 0, 0), tuple(pads)
+        else:  # implicit -inf padding on both sides
+            self.front = self.back = triple(padding)
+        self.ceil = bool(ceil)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for axis in (2, 1, 0):  # W, H, T
+            if self.kernel[axis] > 1 or self.stride[axis] > 1:
+                x = self._max1d(x, axis + 2)
+        return x
+
+    def _max1d(self, x: Tensor, dim: int) -> Tensor:
+        """1-D max-pool along `dim`: out[i] = max of x[i*s - front + j] (j < k) inside x."""
+        k, s = self.kernel[dim - 2], self.stride[dim - 2]
+        front, back = self.front[dim - 2], self.back[dim - 2]
+        n = x.shape[dim]
+        # Output length and PyTorch's ceil-mode rule (the last window starts inside the input,
+        # which for TF-SAME is the zero-padded input: F.pad then max_pool3d without padding).
+        span = n + front + back - k
+        n_out = (-(-span // s) if self.ceil else span // s) + 1
+        if self.ceil and (n_out - 1) * s >= n + (back if self.tf_same else front):
+            n_out -= 1
+        shape = list(x.shape)
+        shape[dim] = n_out
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_CL)
+        # A window with no cell of x: 0 under TF-SAME's zero pad, -inf otherwise. Prefilled
+        # only when some tap misses a window (never for S3D's shapes; kept for exactness).
+        filled = False
+        for j in sorted(range(k), key=lambda j: j != front):  # offset 0 first: reaches every i
+            offset = j - front
+            first = -(offset // s) if offset < 0 else 0  # first i with i*s + offset >= 0
+            last = min(n_out - 1, (n - 1 - offset) // s)
+            if last < first:
+                continue
+            index = [slice(None)] * x.ndim
+            start = first * s + offset
+            index[dim] = slice(start, start + (last - first) * s + 1, s)
+            tap = x[tuple(index)]
+            view = out.narrow(dim, first, last - first + 1)
+            if not filled and (first, last) == (0, n_out - 1):
+                view.copy_(tap)
+            else:
+                if not filled:
+                    out.fill_(0.0 if self.tf_same else float("-inf"))
+                torch.maximum(view, tap, out=view)
+            filled = True
+        return out
+
+
 def _gate_into(gate: SelfGating, x: Tensor, out: Tensor) -> None:
     """`SelfGating` (methods.md 8.1) writing ``sigmoid(W mean(x) + b) * x`` into `out`."""
     weights = torch.sigmoid(gate.fc(x.mean(dim=(2, 3, 4))))  # [B, C]
@@ -134,7 +227,7 @@ class FusedInception(nn.Module):
         self.b2 = nn.Sequential(
             FusedUnit(block.conv_b2_a, dtype), FusedUnit(block.conv_b2_b, dtype)
         )
-        self.pool_b3 = block.maxpool_b3
+        self.pool_b3 = SeparableMaxPool3d(block.maxpool_b3)
         self.b3 = FusedUnit(block.conv_b3_b, dtype)
         gates = None
         if block.gating:
@@ -189,9 +282,10 @@ class FusedS3D(nn.Module):
         self.conv_2b = FusedUnit(src.conv_2b, self.dtype)
         self.conv_2c = FusedUnit(src.conv_2c, self.dtype)
         self.gating = copy.deepcopy(src.gating).to(self.dtype) if self.cfg.gating else None
-        # The max-pools hold no parameters: the source modules are reused as they are.
-        self.maxpool_2a, self.maxpool_3a = src.maxpool_2a, src.maxpool_3a
-        self.maxpool_4a, self.maxpool_5a = src.maxpool_4a, src.maxpool_5a
+        self.maxpool_2a = SeparableMaxPool3d(src.maxpool_2a)
+        self.maxpool_3a = SeparableMaxPool3d(src.maxpool_3a)
+        self.maxpool_4a = SeparableMaxPool3d(src.maxpool_4a)
+        self.maxpool_5a = SeparableMaxPool3d(src.maxpool_5a)
         self.blocks = nn.ModuleDict(
             {name: FusedInception(getattr(src, name), self.dtype) for name in INCEPTION_BLOCKS}
         )

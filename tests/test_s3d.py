@@ -22,6 +22,7 @@ from pipeline.s3d import (
 from pipeline.s3d_extract import (
     FusedS3D,
     S3DFeatureExtractor,
+    SeparableMaxPool3d,
     resolve_precision,
     space_to_depth_channels_last,
 )
@@ -360,3 +361,24 @@ def test_reduced_precision_options():
     assert feat_16.dtype == np.float32 and bf16.describe()["s3d_precision"] == "bf16"
     rel = np.abs(feat_16 - feat_32).max() / np.abs(feat_32).max()
     assert 0 < rel < 3e-2  # bf16 has 8 mantissa bits; measured ~4e-3 at 30 x 224^2
+
+
+@pytest.mark.parametrize("tf_same", [True, False])
+def test_separable_max_pool_is_bit_identical_to_the_reference_pools(tf_same):
+    """Max is exact: three 1-D pools equal the 3-D pool, shape and values, for every S3D pool."""
+    pools = [
+        MaxPool3dS3D((1, 3, 3), (1, 2, 2), (0, 1, 1), tf_same),  # maxpool_2a / 3a
+        MaxPool3dS3D((3, 3, 3), (2, 2, 2), (1, 1, 1), tf_same),  # maxpool_4a
+        MaxPool3dS3D((2, 2, 2), (2, 2, 2), (0, 0, 0), tf_same),  # maxpool_5a
+        torch.nn.MaxPool3d((3, 3, 3), stride=1, padding=1),  # Inception branch 3
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for pool in pools:
+        separable = SeparableMaxPool3d(pool)
+        for t, h, w in [(2, 3, 4), (3, 5, 7), (4, 14, 15), (5, 28, 29), (8, 7, 7)]:
+            # Inputs are post-ReLU in the trunk (TF-SAME's zero pad relies on it).
+            x = torch.randn(2, 6, t, h, w, generator=gen).relu()
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            out = separable(x)
+            assert torch.equal(out, pool(x)), (pool, (t, h, w))
+            assert out.is_contiguous(memory_format=torch.channels_last_3d)
