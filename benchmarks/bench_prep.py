@@ -26,6 +26,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,12 @@ def probe_accuracy(feats: dict[str, np.ndarray], labels_path: Path, clip_seconds
     return f"linear probe on {len(data['heldout'][0])} held-out clips: " + ", ".join(out)
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of every finished child process (prep and its workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_setting(config: str, overrides: list[str], videos: Path, tmp: Path) -> dict:
     """One prep run in a fresh process (as a user runs it); returns its summary and features."""
     out = tmp / f"out-{len(list(tmp.glob('out-*')))}"
@@ -150,15 +157,35 @@ def run_setting(config: str, overrides: list[str], videos: Path, tmp: Path) -> d
         " 's3d': s.s3d, 'workers': s.num_workers, 'clip_seconds': cfg.video.clip_seconds}))\n"
     )
     args = [sys.executable, "-c", code, config, str(videos), str(out), "progress=false"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     r = subprocess.run([*args, *overrides], cwd=REPO, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if r.returncode != 0:
         sys.exit(f"bench_prep: prep failed ({' '.join(overrides)}):\n{r.stderr[-3000:]}")
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    result.update(process_seconds=elapsed, feats=features_of(out))
+    result.update(process_seconds=elapsed, cpu_seconds=cpu, feats=features_of(out))
     shutil.rmtree(out, ignore_errors=True)
     return result
+
+
+def feature_diff(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """How far stored float16 features [T, 1024] are from the baseline's, per video pair.
+
+    Storage rounds to float16 (11 significant bits): a difference of 1e-7 in float32 flips
+    the last bit of a few values, so this counts values that differ and the largest difference
+    in float16 steps (ulp) of the baseline value; bench_s3d.py gives the float32 difference.
+    """
+    if not pairs:
+        return "n/a (other video settings: other clips)"
+    a = np.concatenate([x.ravel() for x, _ in pairs])
+    b = np.concatenate([y.ravel() for _, y in pairs])
+    ulp = np.spacing(np.abs(b).astype(np.float16)).astype(np.float32)
+    steps = np.abs(a - b) / ulp
+    rel = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+    return (
+        f"{100 * np.mean(a == b):.2f} % of {a.size} values identical, max difference "
+        f"{steps.max():.0f} float16 step(s) ({rel:.1e} of the largest value)"
+    )
 
 
 def report(name: str, res: dict, base: dict | None, labels: Path | None = None) -> None:
@@ -167,14 +194,15 @@ def report(name: str, res: dict, base: dict | None, labels: Path | None = None) 
     line += f", {res['process_seconds']:.0f} s with start-up)"
     if base is not None:
         speed = (secs / wall) / (base["video_seconds"] / base["wall"])
-        diffs = [  # only where the setting computes the same thing (not other video settings)
-            float(np.abs(res["feats"][k] - f).max() / max(np.abs(f).max(), 1e-12))
+        pairs = [  # only where the setting computes the same thing (not other video settings)
+            (res["feats"][k], f)
             for k, f in base["feats"].items()
-            if k in res["feats"] and res["same_function"]
+            if k in res["feats"] and res["same_function"] and res["feats"][k].shape == f.shape
         ]
-        line += f"  {speed:5.2f}x the first setting; stored (float16) features max rel diff "
-        line += f"{max(diffs):.1e}" if diffs else "n/a (other video settings)"
+        line += f"  {speed:5.2f}x the first setting"
     print(line)
+    if base is not None:
+        print(f"{'':34s} stored float16 features vs the first setting: {feature_diff(pairs)}")
     if labels is not None:
         print(f"{'':34s} {probe_accuracy(res['feats'], labels, res['clip_seconds'])}")
     busy = sum(res["timings"].get(s, 0.0) for s in STAGES) or 1.0
@@ -182,6 +210,12 @@ def report(name: str, res: dict, base: dict | None, labels: Path | None = None) 
     idle = 100 * res["timings"].get("wait", 0.0) / wall
     print(f"{'':34s} busy-time shares (stages overlap): {shares}; S3D idle {idle:.0f} % of wall")
     print(f"{'':34s} S3D {res['s3d']}, {res['workers']} decode worker(s)")
+    # CPU time hardly depends on other processes sharing the cores, wall time does: this bound
+    # says what the same work gives on idle cores (start-up included, so it is conservative).
+    per = res["cpu_seconds"] / secs
+    cores = os.cpu_count() or 1
+    print(f"{'':34s} CPU time {res['cpu_seconds']:.0f} s = {per:.2f} CPU-s per second of video: "
+          f"at most {cores / per:.2f}x real time on {cores} idle cores")  # fmt: skip
 
 
 def main() -> None:
