@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -381,13 +382,16 @@ def test_manifest_and_video2dataset_inputs(tmp_path):
 # --- issue 8: what a new user hit (5 interrupts, 8 output/input errors, 10 modes, 12 output) ---
 
 
-def _complete_samples_in(tmp_tar: Path) -> int:
-    """Samples whose last member (thumbs.npy) is on disk in a shard still being written."""
-    try:
-        with tarfile.open(tmp_tar) as tf:
-            return sum(1 for m in tf.getmembers() if m.name.endswith(".thumbs.npy"))
-    except (tarfile.TarError, OSError, EOFError):
-        return 0  # the header of the next member is still being written
+class _StderrReader(threading.Thread):
+    """Collects a child's stderr as it comes (the progress bar redraws with carriage returns)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.text = stream, ""
+
+    def run(self) -> None:
+        while chunk := os.read(self.stream.fileno(), 4096):
+            self.text += chunk.decode("utf-8", "replace")
 
 
 @pytest.mark.slow
@@ -400,21 +404,24 @@ def test_interrupt_keeps_finished_samples_and_rerun_redoes_nothing(tmp_path, sig
     args = ["prep", "--input", str(corpus), "--output", str(tmp_path / "out")]
     common = ["num_workers=1", "asr.source=none", *FAST]
     p = subprocess.Popen(
-        [*VLPIPE, *args, *common],
+        [*VLPIPE, *args, *common[:-1], "progress=true"],  # the bar says how many are written
         cwd=REPO,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
-    tmp_tar = tmp_path / "out" / "shard-000-000000.tar.tmp"
+    reader = _StderrReader(p.stderr)
+    reader.start()
     deadline = time.time() + 300
-    while time.time() < deadline and _complete_samples_in(tmp_tar) < 2 and p.poll() is None:
+    while time.time() < deadline and not re.search(r"\| [2-6]/7 ", reader.text):
+        assert p.poll() is None, reader.text[-2000:]
         time.sleep(0.05)
     os.killpg(p.pid, sig)  # main process and decode worker, as a terminal or a scheduler does
-    _, err = p.communicate(timeout=120)
+    p.wait(timeout=120)
+    reader.join(timeout=10)
+    err = reader.text
     assert p.returncode == 128 + sig, err[-2000:]
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip()]
     assert lines[-1] == "interrupted: rerun the same command to resume"
     assert "Traceback" not in err and "decoder process died" not in err
     first = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
