@@ -1,13 +1,18 @@
-"""S3D feature-extraction throughput: clips/s by batch size on CPU, and bf16 on GPU when present.
+"""S3D feature-extraction throughput per setting, with the feature difference each one makes.
 
-Baseline (measured in the same run): batch 1 on the same device. Every figure is printed as
-clips/s and as a ratio to that baseline. When ``data_prep.video`` imports, the same run also
-decodes a synthetic video into VideoBERT clips (20 fps x 1.5 s = 30 frames, methods.md 1.1/8)
-and reports how long the extractor would wait on one decode worker.
+Settings (``pipeline.s3d_extract``): engine ``reference`` (the S3D modules as written: prep's
+computation before issue 12, the baseline measured in the same run) and ``fused`` (BN folded,
+oneDNN conv+ReLU, channels_last_3d), each in fp32 and bf16 (autocast for the reference), at
+several batch sizes and thread counts. For each: clips/s, CPU seconds per clip, the ratio to the
+reference fp32 at the same batch and threads (wall and CPU time), and the features' max relative
+difference to the reference fp32 on the same clips. Repeats are interleaved (best of each), so
+other processes sharing the CPU blur every setting alike. When ``data_prep.video`` imports, a
+synthetic video is decoded into the same clips to say how long S3D would wait on one decode
+worker; on a CUDA GPU the same table runs there (bf16 by default, batch 32 included).
 
-    python benchmarks/bench_s3d.py            # 30 frames at 224, batches 1 8 32
-    python benchmarks/bench_s3d.py --quick    # 16 frames at 112, short timing windows (< 60 s)
-    python benchmarks/bench_s3d.py --batches 1 8 --frames 32 --size 224
+    python benchmarks/bench_s3d.py                   # 30 frames at 224, batches 1 8 16, 1 and 2 threads
+    python benchmarks/bench_s3d.py --quick           # 16 frames at 112, short windows (< 2 min)
+    python benchmarks/bench_s3d.py --batches 8 --threads 2 --frames 30 --size 224
 
 Weights are random (load_s3d(None)): throughput does not depend on the values.
 """
@@ -30,47 +35,61 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
-from pipeline.s3d import S3D_VARIANTS, S3DFeatureExtractor, load_s3d  # noqa: E402
+from pipeline.s3d import S3D_VARIANTS, load_s3d  # noqa: E402
+from pipeline.s3d_extract import S3DFeatureExtractor  # noqa: E402
+
+SETTINGS = [("reference", "fp32"), ("fused", "fp32"), ("fused", "bf16"), ("reference", "bf16")]
 
 
-def time_extractor(
-    extractor: S3DFeatureExtractor, clips: np.ndarray, min_seconds: float, max_iters: int
-) -> tuple[float, float]:
-    """(clips/s, process CPU seconds per clip) for uint8 clips [B, T, H, W, 3].
-
-    Repeats until min_seconds or max_iters (at least once). CPU seconds per clip is less
-    sensitive than wall time to other processes sharing the cores.
-    """
+def time_once(extractor: S3DFeatureExtractor, clips: np.ndarray) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call on uint8 clips [B, T, H, W, 3]."""
     sync = torch.cuda.synchronize if extractor.device.type == "cuda" else (lambda: None)
-    iters, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while True:
-        extractor(clips)  # returns numpy, so the device work is finished on return
-        sync()
-        iters += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds or iters >= max_iters:
-            clips_done = iters * clips.shape[0]
-            return clips_done / elapsed, (time.process_time() - cpu_start) / clips_done
+    start, cpu_start = time.perf_counter(), time.process_time()
+    extractor(clips)  # returns numpy, so the device work is finished on return
+    sync()
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def sweep(extractor: S3DFeatureExtractor, args: argparse.Namespace, label: str) -> dict[int, float]:
-    """Warm up once at batch 1, then time each batch size; prints a table with ratios."""
+def sweep(model, args: argparse.Namespace, device: str, settings: list, batches: list[int],
+          threads: list[int]) -> dict:  # fmt: skip
+    """Time every (setting, batch, threads), interleaved; print one table; return clips/s."""
     rng = np.random.default_rng(0)
     shape = (args.frames, args.size, args.size, 3)
-    extractor(rng.integers(0, 256, size=(1, *shape), dtype=np.uint8))  # one-time setup costs
-    rates: dict[int, float] = {}
-    print(f"\n{label}: {args.variant}, {args.frames} frames at {args.size}x{args.size}")
-    base = args.batches[0]
-    print(
-        f"{'batch':>6} {'clips/s':>10} {'s/clip':>9} {'vs batch ' + str(base):>12} {'CPU s/clip':>11}"
-    )
-    for batch in args.batches:
-        clips = rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8)
-        rates[batch], cpu_s = time_extractor(extractor, clips, args.min_seconds, args.max_iters)
-        ratio = rates[batch] / rates[base]
-        print(
-            f"{batch:>6} {rates[batch]:>10.3f} {1 / rates[batch]:>9.3f} {ratio:>11.2f}x {cpu_s:>11.3f}"
-        )
+    cfg = S3D_VARIANTS[args.variant]
+    extractors = {st: S3DFeatureExtractor(model, cfg, device, *st) for st in settings}
+    probe = rng.integers(0, 256, size=(2, *shape), dtype=np.uint8)
+    feats = {st: ex(probe)[0] for st, ex in extractors.items()}  # also: one-time setup costs
+    base_feat = feats[settings[0]]
+    diff = {
+        st: float(np.abs(f - base_feat).max() / np.abs(base_feat).max()) for st, f in feats.items()
+    }
+    print(f"\n{device}: {args.variant}, {args.frames} frames at {args.size}x{args.size}; "
+          f"baseline {settings[0][0]} {settings[0][1]} at the same batch and threads")  # fmt: skip
+    print(f"{'engine':>9} {'prec':>5} {'batch':>5} {'thr':>3} {'clips/s':>8} {'CPU s/clip':>10} "
+          f"{'x wall':>7} {'x CPU':>6} {'feat rel diff':>13}")  # fmt: skip
+    rates = {}
+    for n_threads in threads:
+        if device == "cpu":
+            torch.set_num_threads(n_threads)
+        for batch in batches:
+            clips = rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8)
+            best = {st: (math.inf, math.inf) for st in settings}
+            for st in settings:
+                extractors[st](clips)  # warm-up at this shape (kernel selection)
+            deadline = time.perf_counter() + args.min_seconds * len(settings)
+            for _ in range(args.repeats):
+                for st in settings:
+                    wall, cpu = time_once(extractors[st], clips)
+                    best[st] = (min(best[st][0], wall), min(best[st][1], cpu))
+                if time.perf_counter() > deadline:
+                    break
+            base_wall, base_cpu = best[settings[0]]
+            for st in settings:
+                wall, cpu = best[st]
+                rates[(st, batch, n_threads)] = batch / wall
+                print(f"{st[0]:>9} {st[1]:>5} {batch:>5} {n_threads:>3} {batch / wall:>8.2f} "
+                      f"{cpu / batch:>10.3f} {base_wall / wall:>6.2f}x {base_cpu / cpu:>5.2f}x "
+                      f"{diff[st]:>13.1e}")  # fmt: skip
     return rates
 
 
@@ -117,44 +136,43 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 frames at 112, short windows")
     parser.add_argument("--size", type=int, default=None, help="H = W (default 224; quick 112)")
     parser.add_argument("--frames", type=int, default=None, help="T (default 30; quick 16)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="default 1 8 16")
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="CPU threads")
     parser.add_argument("--variant", default="s3dg_howto100m", choices=list(S3D_VARIANTS))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--min-seconds", type=float, default=None, help="timing window/batch")
-    parser.add_argument("--max-iters", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (best of)")
+    parser.add_argument("--min-seconds", type=float, default=None, help="time budget/setting")
     parser.add_argument("--skip-cpu", action="store_true", help="GPU only (when present)")
     args = parser.parse_args()
     args.size = args.size or (112 if args.quick else 224)
     args.frames = args.frames or (16 if args.quick else 30)
-    args.min_seconds = args.min_seconds or (1.0 if args.quick else 10.0)
-    if args.quick:
-        args.max_iters = min(args.max_iters, 2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.min_seconds = args.min_seconds or (2.0 if args.quick else 20.0)
+    batches = args.batches or ([2, 8] if args.quick else [1, 8, 16])
+    threads = args.threads or sorted({1, os.cpu_count() or 1})
     logging.basicConfig(level=logging.ERROR)  # silence the random-init warning: weights unused
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; "
-          f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")  # fmt: skip
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+          f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     model, _ = load_s3d(None, args.variant)
-    cfg = S3D_VARIANTS[args.variant]
     decode = decode_rate(args)
 
-    cpu_rates = {}
     if not args.skip_cpu:
-        cpu_rates = sweep(S3DFeatureExtractor(model, cfg, "cpu"), args, "CPU float32")
-        report_wait(decode, max(cpu_rates.values()), "CPU best")
+        rates = sweep(model, args, "cpu", SETTINGS, batches, threads)
+        default = ("fused", "fp32")
+        best = max((r for (st, _, _), r in rates.items() if st == default), default=0.0)
+        report_wait(decode, best, "CPU fused fp32 (best batch/threads)")
 
     if not torch.cuda.is_available():
-        print("\nno CUDA GPU present: bf16-on-GPU mode skipped")
+        print("\nno CUDA GPU present: the GPU table is skipped (the CUDA path is tested on CPU)")
         return
-    gpu = S3DFeatureExtractor(model, cfg, "cuda", bf16=True)
-    gpu_rates = sweep(gpu, args, f"GPU bf16 ({torch.cuda.get_device_name(0)})")
-    if cpu_rates:
-        base = args.batches[0]
-        print(f"GPU batch {max(gpu_rates, key=gpu_rates.get)} vs CPU batch {base}: "
-              f"{max(gpu_rates.values()) / cpu_rates[base]:.1f}x")  # fmt: skip
-    report_wait(decode, max(gpu_rates.values()), "GPU best")
+    gpu_settings = [("reference", "fp32"), ("fused", "fp32"), ("fused", "bf16"),
+                    ("fused", "fp16")]  # fmt: skip
+    rates = sweep(model, args, "cuda", gpu_settings, sorted({*batches, 32}), [1])
+    bf16_32 = rates[(("fused", "bf16"), 32, 1)]
+    print(f"GPU fused bf16 at batch 32: {bf16_32:.1f} clips/s")
+    report_wait(decode, bf16_32, "GPU fused bf16 batch 32")
+    print("  (prep hides this behind num_workers decode processes; bench_prep.py measures "
+          "the idle share of a whole run)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ from data_prep.cluster_report import NearestClips, choose_grid_words, write_repo
 from pipeline.cluster_config import ClusterConfig
 from pipeline.config import ConfigError, save_config
 from pipeline.hkmeans import HierarchicalKMeans
-from pipeline.io import atomic_write_json, read_jsonl
-from pipeline.shards import file_digest, shard_urls
+from pipeline.io import atomic_write_json, file_sha256, read_jsonl
+from pipeline.shards import shard_urls
 from pipeline.visual_words import (
     shard_name,
     token_records,
@@ -104,7 +104,7 @@ def load_vocab(cfg: ClusterConfig, out: Path) -> tuple[HierarchicalKMeans, dict]
             f"{out} holds a vocabulary made with other settings ({'; '.join(diffs)}); "
             "use a new --output directory or the original settings"
         )
-    if file_digest(out / "centroids.npy") != vocab["vocab_sha256"]:
+    if file_sha256(out / "centroids.npy") != vocab["vocab_sha256"]:
         raise ClusterError(f"{out / 'centroids.npy'} does not match {path} (modified?)")
     return HierarchicalKMeans.load(out, use_gpu=cfg.use_gpu), vocab
 
@@ -202,7 +202,7 @@ def fit_vocab(
         "level_stats": [
             {k: v for k, v in st.items() if k != "sizes"} for st in hk.level_stats
         ],  # per-cluster sizes live in hkmeans.json
-        "vocab_sha256": file_digest(out / "centroids.npy"),
+        "vocab_sha256": file_sha256(out / "centroids.npy"),
     }
     atomic_write_json(out / "vocab.json", vocab)
     return hk, vocab
@@ -227,7 +227,7 @@ def run_cluster(cfg: ClusterConfig, shards_dir: Path, out_dir: Path) -> dict[str
         if not Path(url).is_file():
             raise ClusterError(f"{url}: listed in the prep manifest but missing")
     manifest = shards_dir / "manifest.jsonl"
-    manifest_sha = file_digest(manifest) if manifest.is_file() else None
+    manifest_sha = file_sha256(manifest) if manifest.is_file() else None
     shard_sha = {r["name"]: r.get("sha256") for r in read_jsonl(manifest)}
     notes: list[str] = []  # out is created by its first write: a refused run leaves no directory
 
@@ -252,7 +252,7 @@ def run_cluster(cfg: ClusterConfig, shards_dir: Path, out_dir: Path) -> dict[str
     assigned, skipped, current = [], [], {}
     for url in tqdm(urls, desc="cluster: assign", disable=not cfg.progress, unit="shard"):
         name = shard_name(url)
-        sha = shard_sha.get(Path(url).name) or file_digest(Path(url))
+        sha = shard_sha.get(Path(url).name) or file_sha256(Path(url))
         if valid_record(out, url, records.get(name), sha, vocab["vocab_sha256"]):
             skipped.append(url)
             current[name] = records[name]

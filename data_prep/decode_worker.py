@@ -10,15 +10,20 @@ models) consumes from a bounded queue, so a long or 4K video never sits in memor
                                              frames uint8 [n, T, S, S, 3], thumbs uint8 [n, s, s, 3]
     ("speech", key, payload)                 {"audio": int16 [N] @16 kHz | None,
                                               "subtitles": Transcript json | None, "note": str}
-    ("end", key, {"clips": n, "decode_seconds": t})
+    ("end", key, {"clips": n, "decode_seconds": t})   t: video and audio decoding
     ("error", key, stage, message)           the input failed at `stage`; nothing more follows
+    ("log", key, level, message)             a warning logged while decoding (names the file)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import multiprocessing as mp
 import os
+import queue
 import shutil
+import signal
 import tarfile
 import time
 import traceback
@@ -29,7 +34,9 @@ import numpy as np
 
 from data_prep.asr import AudioDecodeError, load_audio, read_subtitles
 from data_prep.inputs import InputItem
-from data_prep.video import VideoDecodeError, file_sha256, iter_clips, probe_video
+from data_prep.video import VideoDecodeError, iter_clips, probe_video
+from pipeline.io import file_sha256
+from pipeline.prep_config import PrepConfig
 
 CLIPS_PER_EVENT = 8  # clips per queue message: bounds memory (8 x 30 x 224^2 x 3 = 36 MB)
 SAMPLE_RATE = 16000
@@ -43,12 +50,26 @@ class StageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSettings:
-    decoder: str
-    fps: float
-    clip_seconds: float
-    size: int
-    thumbnail_size: int
-    asr_source: str  # auto | whisper | subtitles | none
+    """What a worker needs from the prep config (picklable, built only by `from_config`)."""
+
+    decoder: str  # video.decoder
+    fps: float  # video.fps
+    clip_seconds: float  # video.clip_seconds
+    size: int  # video.size
+    thumbnail_size: int  # features.thumbnail_size
+    asr_source: str  # asr.source: auto | whisper | subtitles | none
+
+    @classmethod
+    def from_config(cls, cfg: PrepConfig) -> DecodeSettings:
+        v = cfg.video
+        return cls(
+            decoder=v.decoder,
+            fps=v.fps,
+            clip_seconds=v.clip_seconds,
+            size=v.size,
+            thumbnail_size=cfg.features.thumbnail_size,
+            asr_source=cfg.asr.source,
+        )
 
 
 def materialize(ref: str, tmp_dir: Path) -> Path:
@@ -96,12 +117,28 @@ def _speech(item: InputItem, path: Path, has_audio: bool, s: DecodeSettings, tmp
 
 
 def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[tuple]:
-    """All events for one input (see module docstring); errors become one final "error" event."""
+    """All events for one input (see module docstring); errors become one final "error" event.
+
+    The "end" event's decode_seconds counts only the time spent producing events, not the time
+    the consumer held this generator (a full queue, or S3D running inline in between).
+    """
+    events, busy = _video_events(item, s, tmp_dir), 0.0
+    while True:
+        t0 = time.perf_counter()
+        event = next(events, None)
+        busy += time.perf_counter() - t0
+        if event is None:
+            return
+        if event[0] == "end":
+            event[2]["decode_seconds"] = busy
+        yield event
+
+
+def _video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[tuple]:
     key = item.key
     path = None
     stage = "read"
     try:
-        t0 = time.perf_counter()
         path = materialize(item.path, tmp_dir)
         if not path.exists():
             raise StageError("read", f"{item.display}: file does not exist")
@@ -139,10 +176,9 @@ def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[
                 f"{item.display}: shorter than half a clip "
                 f"({info.duration:.2f} s < {s.clip_seconds / 2:.2f} s), no clip to keep",
             )
-        decode_seconds = time.perf_counter() - t0
         stage = "audio"
         yield ("speech", key, _speech(item, path, info.has_audio, s, tmp_dir))
-        yield ("end", key, {"clips": n, "decode_seconds": decode_seconds})
+        yield ("end", key, {"clips": n, "decode_seconds": 0.0})  # set by video_events
     except StageError as e:
         yield ("error", key, e.stage, str(e))
     except (VideoDecodeError, AudioDecodeError) as e:
@@ -155,14 +191,68 @@ def video_events(item: InputItem, s: DecodeSettings, tmp_dir: Path) -> Iterator[
             path.unlink(missing_ok=True)
 
 
+class _ForwardLogs(logging.Handler):
+    """Sends a worker's warnings to the main process as ("log", key, level, message) events.
+
+    The main process prints them above its progress bar; written by the worker itself they
+    would cut through the bar.
+    """
+
+    def __init__(self, event_q) -> None:
+        super().__init__(logging.WARNING)
+        self.event_q, self.key = event_q, ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _put(self.event_q, ("log", self.key, record.levelno, record.getMessage()))
+        except Exception:  # never let logging fail a video
+            self.handleError(record)
+
+
+def quiet_ffmpeg() -> None:
+    """Keep FFmpeg's own stderr lines (which name no file) out of the output.
+
+    Decoding problems still surface: they raise, or video.py logs them naming the file. PyAV
+    keeps FFmpeg quiet by default; decord2 bundles its own FFmpeg, which logs unless told.
+    """
+    try:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+    except (ImportError, AttributeError):
+        pass
+
+
+def _put(event_q, event: tuple) -> None:
+    """Queue an event; give up (exit) if the main process is gone (killed with -9)."""
+    while True:
+        try:
+            event_q.put(event, timeout=1.0)
+            return
+        except queue.Full:
+            parent = mp.parent_process()
+            if parent is not None and not parent.is_alive():
+                raise SystemExit(0) from None
+
+
 def worker_main(task_q, event_q, settings: DecodeSettings, tmp_dir: str) -> None:
     """Process entry point: take inputs until a None arrives."""
     # Decoding is single-threaded per worker; keep BLAS/OpenMP pools from oversubscribing cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group. The main process decides:
+    # it stops at a safe point and then kills the workers (a worker killed in the middle of a
+    # queue message would leave the main process waiting for the rest of it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    quiet_ffmpeg()
+    forward = _ForwardLogs(event_q)
+    logging.getLogger().addHandler(forward)
+    logging.getLogger().setLevel(logging.WARNING)
     while True:
         item = task_q.get()
         if item is None:
             return
-        event_q.put(("start", item.key, os.getpid()))
+        forward.key = item.key
+        _put(event_q, ("start", item.key, os.getpid()))
         for event in video_events(item, settings, Path(tmp_dir)):
-            event_q.put(event)
+            _put(event_q, event)

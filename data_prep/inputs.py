@@ -23,6 +23,7 @@ from pathlib import Path
 
 import braceexpand
 
+from pipeline.io import file_sha256
 from pipeline.shards import make_key
 
 SUBTITLE_EXTENSIONS = (".vtt", ".srt")
@@ -203,3 +204,23 @@ def quick_fingerprint(path: str) -> str | None:
     if size == 0:
         return None  # empty files are failures, not duplicates of each other
     return hashlib.sha256(str(size).encode() + head + tail).hexdigest()
+
+
+def find_duplicates(items: list[InputItem]) -> dict[str, InputItem]:
+    """duplicate key -> the input it duplicates (the first by key among identical files)."""
+    by_fp: dict[str, list[InputItem]] = defaultdict(list)
+    for item in items:
+        fp = quick_fingerprint(item.path)
+        if fp is not None:
+            by_fp[fp].append(item)
+    dups = {}
+    for group in by_fp.values():
+        if len(group) < 2:
+            continue
+        by_digest: dict[str, list[InputItem]] = defaultdict(list)
+        for item in group:  # confirm with the full content hash
+            by_digest[file_sha256(item.path)].append(item)
+        for same in by_digest.values():
+            for dup in same[1:]:
+                dups[dup.key] = same[0]
+    return dups

@@ -1,24 +1,31 @@
 """`vlpipe prep`: a folder of narrated videos -> clip-aligned webdataset shards.
 
 Stages (one obvious place each): decode (`data_prep.video`, in worker processes via
-`data_prep.decode_worker`), S3D features (`pipeline.s3d`, batched across videos here), transcript
-(`data_prep.asr`), alignment (`data_prep.align`), shard writing (`pipeline.shards`).
+`data_prep.decode_worker`), S3D features (`pipeline.s3d_extract`, batched across videos here),
+transcript (`data_prep.asr`, in a thread so that it never holds up S3D), alignment
+(`data_prep.align`), shard writing (`pipeline.shards`), the end-of-run table
+(`data_prep.prep_report`).
 
 Resume and distribution: every rank sees the same sorted input list, takes every world-th input,
 skips the keys already in completed shards (and recorded failures unless --retry-failed), and
 writes its own shards; the manifests merge when each rank finishes. A run killed at any moment
-and rerun ends with the same samples as an uninterrupted one.
+and rerun ends with the same samples as an uninterrupted one. SIGINT / SIGTERM stop the run at the
+next safe point (never inside a shard write): the open shard is closed with its finished samples,
+one line says to rerun, and the exit code is 128 + the signal number.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
+import sys
 import time
-from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,21 +33,24 @@ from typing import Any
 import numpy as np
 
 from data_prep.align import align
-from data_prep.decode_worker import DecodeSettings, video_events, worker_main
-from data_prep.inputs import InputItem, discover_inputs, quick_fingerprint
+from data_prep.decode_worker import DecodeSettings, quiet_ffmpeg, video_events, worker_main
+from data_prep.inputs import InputError, InputItem, discover_inputs, find_duplicates
+from data_prep.interrupt import INTERRUPTED_LINE, PrepInterrupted, StopOnSignal
+from data_prep.prep_report import PrepSummary, print_summary
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.io import append_jsonl, atomic_write_json
-from pipeline.prep_config import PrepConfig
+from pipeline.prep_config import PrepConfig, check_space_to_depth
 from pipeline.shards import (
     STATE_DIR,
     ResumableShardWriter,
     completed_shards,
-    file_digest,
     latest_failures,
     merge_state,
     npy_bytes,
     rank_state_path,
 )
+
+__all__ = ["Prep", "PrepInterrupted", "PrepSummary", "print_summary", "run_prep"]
 
 log = logging.getLogger("vlpipe.prep")
 
@@ -57,28 +67,13 @@ class VideoState:
     fmaps: dict[int, np.ndarray] = field(default_factory=dict)  # clip index -> [h, w, F]
     thumbs: list[np.ndarray] = field(default_factory=list)
     speech: dict | None = None
+    transcript: Future | None = None  # ASR running in the thread (or done)
     end: dict | None = None
 
     @property
     def complete(self) -> bool:
+        """Decoded and every clip through S3D (the transcript may still be running)."""
         return self.end is not None and len(self.feats) == len(self.spans)
-
-
-@dataclass
-class PrepSummary:
-    inputs: int = 0
-    skipped_done: int = 0
-    skipped_failed: int = 0
-    ok: int = 0
-    failed: Counter = field(default_factory=Counter)  # stage -> count
-    clips: int = 0
-    video_seconds: float = 0.0
-    words: int = 0
-    wall: float = 0.0
-    timings: Counter = field(default_factory=Counter)  # decode / s3d / asr / write seconds
-    random_init: bool = False
-    total_samples: int = 0  # in the merged manifest (all ranks, all runs)
-    asr_dropped: Counter = field(default_factory=Counter)  # (filter, segments|words) -> count
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -119,13 +114,22 @@ def resolve_device(device: str, local_rank: int) -> str:
     return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
 
-def check_resume_config(out: Path, cfg: PrepConfig) -> None:
-    """Refuse to mix samples made with different content settings in one output directory."""
+def check_output_dir(out: Path) -> None:
+    """Refuse an --output that exists and is not a directory (before anything is written)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} exists and is not a directory; give a directory path")
+
+
+def check_resume_config(out: Path, cfg: PrepConfig, rank: int) -> None:
+    """Refuse to mix samples made with different content settings in one output directory.
+
+    Only finished samples count: a directory whose earlier runs produced no sample (a mistyped
+    input, a run stopped before its first shard) takes the new settings, and failures recorded
+    under the old ones are dropped (they may not hold under the new settings).
+    """
     path = out / STATE_DIR / "content_config.json"
     content = {k: to_dict(cfg)[k] for k in PrepConfig.CONTENT_SECTIONS}
     if path.exists():
-        import json
-
         old = json.loads(path.read_text())
         diffs = [
             f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
@@ -133,33 +137,18 @@ def check_resume_config(out: Path, cfg: PrepConfig) -> None:
             for k, v in d.items()
             if old.get(sec, {}).get(k) != v
         ]
-        if diffs:
+        if not diffs:
+            return
+        if completed_shards(out):
             raise ConfigError(
                 f"{out} holds samples made with other settings ({'; '.join(diffs)}); "
                 "use a new --output directory or the original settings"
             )
-    else:
+        if rank == 0:  # no sample yet: start over with the new settings
+            for stale in (out / STATE_DIR).glob("failures-rank*.jsonl"):
+                stale.unlink(missing_ok=True)
+    if rank == 0:
         atomic_write_json(path, content)
-
-
-def find_duplicates(items: list[InputItem]) -> dict[str, InputItem]:
-    """duplicate key -> the input it duplicates (the first by key among identical files)."""
-    by_fp: dict[str, list[InputItem]] = defaultdict(list)
-    for item in items:
-        fp = quick_fingerprint(item.path)
-        if fp is not None:
-            by_fp[fp].append(item)
-    dups = {}
-    for group in by_fp.values():
-        if len(group) < 2:
-            continue
-        by_digest: dict[str, list[InputItem]] = defaultdict(list)
-        for item in group:  # confirm with the full content hash
-            by_digest[file_digest(Path(item.path))].append(item)
-        for same in by_digest.values():
-            for dup in same[1:]:
-                dups[dup.key] = same[0]
-    return dups
 
 
 class Prep:
@@ -168,20 +157,25 @@ class Prep:
     def __init__(self, cfg: PrepConfig, input_spec: str, out: Path, retry_failed: bool = False):
         self.cfg, self.input_spec, self.out, self.retry_failed = cfg, input_spec, out, retry_failed
         self.rank, self.world, self.local_rank = dist_info()
-        self.summary = PrepSummary()
+        self.summary = PrepSummary(num_workers=cfg.num_workers)
         self.states: dict[str, VideoState] = {}
         self.buffer: list[tuple[str, int, np.ndarray]] = []  # (key, clip index, frames [T,S,S,3])
         self.extractor = None
         self.s3d_info: dict[str, Any] = {}
         self.transcriber = None
+        self.asr_pool: ThreadPoolExecutor | None = None
         self.writer: ResumableShardWriter | None = None
+        self.pbar = None
+        self.stop = StopOnSignal()
         self.versions = library_versions()
         self.failures_path = rank_state_path(out, self.rank, "failures")
+        self.duplicates_path = rank_state_path(out, self.rank, "duplicates")
 
     # ----------------------------------------------------------------------------- set-up
-    def plan(self) -> tuple[list[InputItem], list[tuple[InputItem, InputItem]]]:
+    def plan(
+        self, items: list[InputItem]
+    ) -> tuple[list[InputItem], list[tuple[InputItem, InputItem]]]:
         """This rank's inputs still to do, and the duplicates it must record."""
-        items = discover_inputs(self.input_spec, self.cfg.video.extensions)
         self.summary.inputs = len(items)
         dups = find_duplicates(items)
         mine = items[self.rank :: self.world]
@@ -200,16 +194,30 @@ class Prep:
         return todo, my_dups
 
     def load_models(self) -> None:
-        from pipeline.s3d import S3D_VARIANTS, S3DFeatureExtractor, load_s3d
+        import torch
+
+        from pipeline.s3d import S3D_VARIANTS, load_s3d
+        from pipeline.s3d_extract import S3DFeatureExtractor
 
         fc = self.cfg.features
+        if fc.threads > 0:
+            torch.set_num_threads(fc.threads)
         model, info = load_s3d(fc.s3d_weights, fc.s3d_variant, seed=fc.seed)
+        if S3D_VARIANTS[info["variant"]].stem == "space_to_depth":
+            check_space_to_depth(self.cfg.video)  # variant "auto" is known only now
         device = resolve_device(fc.device, self.local_rank)
         self.extractor = S3DFeatureExtractor(
-            model.to(device), S3D_VARIANTS[info["variant"]], device
+            model, S3D_VARIANTS[info["variant"]], device, fc.engine, fc.precision
         )
         self.s3d_info = info
         self.summary.random_init = info["weights"] == "random-init"
+        self.summary.s3d = {
+            "engine": fc.engine,
+            "precision": self.extractor.precision,
+            "device": device,
+            "threads": torch.get_num_threads() if device == "cpu" else "-",
+            "batch": fc.batch_size,
+        }
 
     def get_transcriber(self):
         if self.transcriber is None:
@@ -230,15 +238,26 @@ class Prep:
         self.buffer = [b for b in self.buffer if b[0] != key]
         log.warning("failed [%s] %s: %s", stage, display, error)
 
+    def duplicate(self, item: InputItem, original: InputItem) -> None:
+        """Record an input whose content another input already has (not a failure)."""
+        record = {"key": item.key, "input": item.display, "same_as": original.display}
+        append_jsonl(self.duplicates_path, {**record, "time": time.time()})
+        self.summary.duplicates += 1
+        log.info("duplicate %s: same content as %s; kept once", item.display, original.display)
+
     # ----------------------------------------------------------------------------- events
     def handle(self, event: tuple) -> None:
         kind, key = event[0], event[1]
-        if kind == "start":
+        if kind == "log":  # a warning from a worker, already naming its file
+            log.log(event[2], "%s", event[3])
             return
         state = self.states.get(key)
         if state is None:
             return  # the input already failed
-        if kind == "begin":
+        if kind == "start":
+            if self.pbar is not None:  # name the file being decoded
+                self.pbar.set_postfix_str(state.item.display[-40:], refresh=False)
+        elif kind == "begin":
             state.begin = event[2]
         elif kind == "info":
             state.info = event[2]
@@ -253,13 +272,15 @@ class Prep:
             self.flush(partial=False)
         elif kind == "speech":
             state.speech = event[2]
+            # ASR in its thread: S3D goes on with other clips meanwhile (CTranslate2 and the
+            # ONNX VAD release the GIL).
+            state.transcript = self.asr_pool.submit(self.transcript_of, state)
         elif kind == "end":
             state.end = event[2]
             self.summary.timings["decode"] += event[2]["decode_seconds"]
-            if state.complete:
-                self.finalize(state)
         elif kind == "error":
             self.fail(key, state.item.display, event[2], event[3])
+        self.finalize_ready()
 
     def flush(self, partial: bool = True) -> None:
         """Run S3D on buffered clips (any mix of videos) in batches of features.batch_size.
@@ -271,28 +292,31 @@ class Prep:
         """
         bs = self.cfg.features.batch_size
         while len(self.buffer) >= bs or (partial and self.buffer):
+            self.stop.check()
             batch, self.buffer = self.buffer[:bs], self.buffer[bs:]
-            frames = np.stack([b[2] for b in batch])
-            if len(batch) < bs:
-                pad = np.zeros((bs - len(batch), *frames.shape[1:]), frames.dtype)
-                frames = np.concatenate([frames, pad])
+            frames = self.extractor.host_buffer((bs, *batch[0][2].shape))
+            for j, item in enumerate(batch):
+                frames[j] = item[2]
+            frames[len(batch) :] = 0
             t0 = time.perf_counter()
             feats, fmaps = self.extractor(frames, spatial=self.cfg.features.spatial)
             self.summary.timings["s3d"] += time.perf_counter() - t0
-            finished = []
             for j, (key, idx, _) in enumerate(batch):
                 state = self.states[key]
                 state.feats[idx] = feats[j]
                 if fmaps is not None:
                     state.fmaps[idx] = fmaps[j]
-                if state.complete:
-                    finished.append(state)
-            for state in finished:
-                self.finalize(state)
+        self.finalize_ready()
 
     def waiting_video(self) -> bool:
         """A fully decoded video whose last clips sit in the buffer (flush them, don't wait)."""
-        return any(s.end is not None for s in self.states.values())
+        return any(s.end is not None and not s.complete for s in self.states.values())
+
+    def finalize_ready(self) -> None:
+        """Write every video whose clips went through S3D and whose transcript is done."""
+        for state in list(self.states.values()):
+            if state.complete and state.transcript is not None and state.transcript.done():
+                self.finalize(state)
 
     def transcript_of(self, state: VideoState):
         from data_prep.asr import Transcript
@@ -313,7 +337,7 @@ class Prep:
     def finalize(self, state: VideoState) -> None:
         key, item = state.item.key, state.item
         try:
-            transcript = self.transcript_of(state)
+            transcript = state.transcript.result()
         except Exception as e:
             self.fail(key, item.display, "asr", f"{item.display}: {type(e).__name__}: {e}")
             return
@@ -333,6 +357,8 @@ class Prep:
             "bytes": state.begin.get("bytes"),
             "sha256": state.begin.get("sha256"),
             "duration": info.get("duration"),
+            "truncated": bool(info.get("truncated")),
+            "declared_duration": info.get("declared_duration"),
             "native_fps": info.get("fps"),
             "variable_frame_rate": info.get("variable_frame_rate"),
             "width": info.get("width"),
@@ -350,6 +376,8 @@ class Prep:
                 "s3d_variant": self.s3d_info.get("variant"),
                 "s3d_layer": "Mixed_5c",
                 "pooling": "mean over T,H,W (feat); mean over T (fmap)",
+                "batch_size": self.cfg.features.batch_size,
+                **self.extractor.describe(),
             },
             "weights": self.s3d_info.get("weights"),
             "s3d_weights_path": self.s3d_info.get("path"),
@@ -358,7 +386,7 @@ class Prep:
             "asr_dropped": transcript.dropped,  # {filter: {segments, words}}; {} if no Whisper
             "whisper_model": transcript.model if transcript.source.endswith("whisper") else None,
             "versions": self.versions,
-            "config_hash": self.content_hash,
+            "content_config_hash": self.content_hash,
             **({"input_extra": item.extra} if item.extra else {}),
         }
         sample = {
@@ -376,6 +404,7 @@ class Prep:
         self.writer.write(sample)
         self.summary.timings["write"] += time.perf_counter() - t0
         self.summary.ok += 1
+        self.summary.truncated += int(meta["truncated"])
         self.summary.clips += n
         self.summary.video_seconds += float(info.get("duration") or 0.0)
         self.summary.words += len(transcript.words)
@@ -383,29 +412,24 @@ class Prep:
         if self.pbar is not None:
             self.pbar.update(1)
             elapsed = max(time.perf_counter() - self.t_start, 1e-6)
-            self.pbar.set_postfix(
-                clips_s=f"{self.summary.clips / elapsed:.1f}",
-                failed=sum(self.summary.failed.values()),
+            self.pbar.set_postfix_str(
+                f"{self.summary.clips / elapsed:.1f} clips/s, "
+                f"{sum(self.summary.failed.values())} failed, done {item.display[-40:]}"
             )
 
     # ----------------------------------------------------------------------------- driving
     def decode_settings(self) -> DecodeSettings:
-        v = self.cfg.video
-        return DecodeSettings(
-            v.decoder,
-            v.fps,
-            v.clip_seconds,
-            v.size,
-            self.cfg.features.thumbnail_size,
-            self.cfg.asr.source,
-        )
+        return DecodeSettings.from_config(self.cfg)
 
     def run_inline(self, todo: list[InputItem]) -> None:
+        quiet_ffmpeg()
         for item in todo:
             self.states[item.key] = VideoState(item)
             for event in video_events(item, self.decode_settings(), self.tmp_dir):
+                self.stop.check()
                 self.handle(event)
             self.flush()
+        self.wait_for_transcripts()
 
     def run_workers(self, todo: list[InputItem]) -> None:
         ctx = mp.get_context("spawn")  # no fork after torch/OpenMP start: avoids deadlocks
@@ -425,37 +449,62 @@ class Prep:
 
         workers = [start_worker() for _ in range(n)]
         current: dict[int, str] = {}  # worker pid -> key it is decoding
-        while self.states:
-            try:
-                event = event_q.get(timeout=0.2)
-            except queue.Empty:
-                if self.waiting_video():  # nothing arriving: don't let a finished video wait
-                    self.flush()
-                for i, w in enumerate(workers):
-                    if w.exitcode not in (None, 0):  # crashed (e.g. a decoder segfault)
-                        key = current.pop(w.pid, None)
-                        if key in self.states:
-                            self.fail(
-                                key,
-                                self.states[key].item.display,
-                                "decode",
-                                f"decoder process died (exit code {w.exitcode})",
-                            )
-                        workers[i] = start_worker()
-                if all(w.exitcode == 0 for w in workers):
-                    self.drain(event_q)
+        try:
+            while self.states:
+                self.stop.check()
+                t0 = time.perf_counter()
+                try:
+                    event = event_q.get(timeout=0.2)
+                except queue.Empty:
+                    self.summary.timings["wait"] += time.perf_counter() - t0
+                    self.stop.check()  # a signal also stops the workers: not a decoder crash
+                    if self.waiting_video():  # nothing arriving: don't let a finished video wait
+                        self.flush()
+                    self.finalize_ready()
+                    for i, w in enumerate(workers):
+                        if w.exitcode not in (None, 0):  # crashed (e.g. a decoder segfault)
+                            key = current.pop(w.pid, None)
+                            if key in self.states:
+                                self.fail(
+                                    key,
+                                    self.states[key].item.display,
+                                    "decode",
+                                    f"decoder process died (exit code {w.exitcode})",
+                                )
+                            workers[i] = start_worker()
+                    if all(w.exitcode == 0 for w in workers):
+                        self.drain(event_q)
+                        break
+                    continue
+                self.summary.timings["wait"] += time.perf_counter() - t0
+                if event[0] == "start":
+                    current[event[2]] = event[1]
+                self.handle(event)
+            self.flush()
+            self.wait_for_transcripts()
+            for key in list(self.states):  # inputs no worker finished (should not happen)
+                self.fail(key, self.states[key].item.display, "decode", "decoder stopped early")
+        finally:
+            for w in workers:  # workers ignore SIGINT/SIGTERM: on a signal the run ends them
+                if self.stop.signum is not None:
+                    w.kill()
+                w.join(timeout=5)
+                if w.is_alive():
+                    w.kill()
+
+    def wait_for_transcripts(self) -> None:
+        """Finish the videos whose S3D is done but whose ASR still runs in the thread."""
+        while any(s.complete and s.transcript is not None for s in self.states.values()):
+            self.stop.check()
+            pending = [s.transcript for s in self.states.values() if s.complete and s.transcript]
+            for future in pending:
+                if not future.done():
+                    try:
+                        future.exception(timeout=0.2)
+                    except TimeoutError:
+                        pass
                     break
-                continue
-            if event[0] == "start":
-                current[event[2]] = event[1]
-            self.handle(event)
-        self.flush()
-        for key in list(self.states):  # inputs no worker finished (should not happen)
-            self.fail(key, self.states[key].item.display, "decode", "decoder stopped early")
-        for w in workers:
-            w.join(timeout=5)
-            if w.is_alive():
-                w.terminate()
+            self.finalize_ready()
 
     def drain(self, event_q) -> None:
         """Events still in the pipe after every worker exited."""
@@ -466,97 +515,74 @@ class Prep:
                 return
 
     def run(self) -> PrepSummary:
+        """The whole rank's run; raises InputError (bad --input/--output) before writing."""
         t_start = time.perf_counter()
         self.t_start = t_start
+        check_output_dir(self.out)
+        items = discover_inputs(self.input_spec, self.cfg.video.extensions)  # before any write
         self.out.mkdir(parents=True, exist_ok=True)
-        check_resume_config(self.out, self.cfg)
+        check_resume_config(self.out, self.cfg, self.rank)
         self.content_hash = config_hash(self.cfg, PrepConfig.CONTENT_SECTIONS)
         if self.rank == 0:
-            save_config(self.cfg, self.out / "prep_config.yaml", {"input": self.input_spec})
+            extra = {"input": self.input_spec, "content_config_hash": self.content_hash}
+            save_config(self.cfg, self.out / "prep_config.yaml", extra)
         self.tmp_dir = self.out / STATE_DIR / f"tmp-rank{self.rank:03d}"
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        todo, dups = self.plan()
+        todo, dups = self.plan(items)
         for item, original in dups:
-            self.fail(
-                item.key, item.display, "dedup", f"same content as {original.display}; kept once"
-            )
+            self.duplicate(item, original)
         self.writer = ResumableShardWriter(
             self.out, self.rank, self.cfg.shards.max_samples, self.cfg.shards.max_bytes
         )
-        self.pbar = None
-        if todo:
-            self.load_models()
-            from tqdm import tqdm
-
-            self.pbar = tqdm(
-                total=len(todo),
-                unit="video",
-                desc=f"prep rank {self.rank}",
-                disable=not self.cfg.progress,
-                dynamic_ncols=True,
-            )
+        with self.stop:
             try:
-                if self.cfg.num_workers > 0:
-                    self.run_workers(todo)
-                else:
-                    self.run_inline(todo)
+                if todo:
+                    self.process(todo)
+            except PrepInterrupted as e:
+                self.summary.interrupted = str(e)
             finally:
-                self.pbar.close()
-        self.writer.close()
+                # Closing the writer finishes the open shard: its samples are complete ones.
+                self.writer.close()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         shards, _ = merge_state(self.out)
         self.summary.total_samples = sum(r["samples"] for r in shards)
         self.summary.wall = time.perf_counter() - t_start
         return self.summary
 
+    def process(self, todo: list[InputItem]) -> None:
+        """Models, progress bar and ASR thread around the decode loop."""
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.load_models()
+        self.stop.check()
+        self.asr_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlpipe-asr")
+        self.pbar = tqdm(
+            total=len(todo),
+            unit="video",
+            desc=f"prep rank {self.rank}",
+            disable=not self.cfg.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            # Log lines (failures, worker warnings) go above the bar instead of through it.
+            with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                if self.cfg.num_workers > 0:
+                    self.run_workers(todo)
+                else:
+                    self.run_inline(todo)
+        finally:
+            self.pbar.close()
+            # A transcription already running finishes; queued ones are dropped.
+            self.asr_pool.shutdown(wait=True, cancel_futures=True)
+
 
 def run_prep(
     cfg: PrepConfig, input_spec: str, out: Path, retry_failed: bool = False
 ) -> PrepSummary:
-    return Prep(cfg, input_spec, out, retry_failed).run()
-
-
-def print_summary(s: PrepSummary, out: Path) -> None:
-    """The end-of-run table: videos ok / failed by reason, clips, hours, words, throughput."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    t = Table(title=f"vlpipe prep -> {out}", show_header=False)
-    t.add_row("inputs found", str(s.inputs))
-    t.add_row("already done (skipped)", str(s.skipped_done))
-    if s.skipped_failed:
-        t.add_row("failed before (skipped; --retry-failed redoes them)", str(s.skipped_failed))
-    t.add_row("videos ok (this run)", str(s.ok))
-    for stage, n in sorted(s.failed.items()):
-        t.add_row(f"failed at {stage}", str(n))
-    t.add_row("clips", str(s.clips))
-    t.add_row("hours of video", f"{s.video_seconds / 3600:.3f}")
-    t.add_row("transcript words", str(s.words))
-    t.add_row(
-        "ASR words (segments) dropped by filter",
-        ", ".join(
-            f"{f} {s.asr_dropped[f, 'words']} ({s.asr_dropped[f, 'segments']})"
-            for f in sorted({f for f, _ in s.asr_dropped})
-        )
-        or "-",
-    )
-    t.add_row("wall time", f"{s.wall:.1f} s")
-    if s.wall > 0:
-        t.add_row(
-            "throughput",
-            f"{s.clips / s.wall:.1f} clips/s, {s.video_seconds / s.wall:.2f}x real time",
-        )
-    for name in ("decode", "s3d", "asr", "write"):
-        t.add_row(f"time in {name}", f"{s.timings.get(name, 0.0):.1f} s")
-    t.add_row("samples in output (all runs)", str(s.total_samples))
-    console.print(t)
-    if sum(s.failed.values()):
-        console.print(
-            f"[yellow]{sum(s.failed.values())} input(s) failed: see {out / 'failures.jsonl'}"
-        )
-    if s.random_init:
-        console.print(
-            "[bold red]WARNING: S3D ran with RANDOM weights (no features.s3d_weights given). "
-            "Features are only useful for testing; samples are marked weights=random-init."
-        )
+    """Run prep; on SIGINT/SIGTERM print one line and exit with 128 + the signal number."""
+    summary = Prep(cfg, input_spec, out, retry_failed).run()
+    if summary.interrupted is not None:
+        print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.Signals[summary.interrupted].value)
+    return summary

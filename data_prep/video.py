@@ -18,7 +18,6 @@ decoded and centre-cropped, one clip at a time, so memory stays bounded for 4K i
 Shape legend: T frames per clip, H x W space; clip frames are uint8 [T, size, size, 3] RGB.
 """
 
-import hashlib
 import logging
 import math
 from collections import deque
@@ -71,6 +70,8 @@ class VideoInfo:
     video_codec: str  # FFmpeg decoder name, e.g. "h264"
     num_frames: int | None  # video packets present in the file (stream header if the scan fails)
     variable_frame_rate: bool  # frame durations differ by more than 10%
+    truncated: bool = False  # the data ends before the declared duration (cut-off download)
+    declared_duration: float | None = None  # video stream header, else container (Matroska)
 
 
 @dataclass
@@ -83,12 +84,6 @@ class Clip:
     frames: np.ndarray  # uint8 [T, size, size, 3]
     num_real_frames: int  # < T when a partial clip is padded by repeating its last frame
     thumb: np.ndarray | None = None  # uint8 [thumb_size, thumb_size, 3], middle real frame
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (never the whole file in memory)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def clip_spans(duration: float, clip_seconds: float) -> list[tuple[float, float]]:
@@ -143,11 +138,17 @@ def probe_video(path: str | Path) -> VideoInfo:
         # regularity; decoding stops as soon as one frame proves the video is decodable.
         stamps: list[int] = []
         last_end = None
+        data_end = None  # seconds: end of the last packet of any stream (container time)
         first_frame: av.VideoFrame | None = None
         error: Exception | None = None
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux():
                 stamp = packet.pts if packet.pts is not None else packet.dts
+                if packet.size and stamp is not None:
+                    end_s = float((stamp + (packet.duration or 0)) * packet.stream.time_base)
+                    data_end = end_s if data_end is None else max(data_end, end_s)
+                if packet.stream.index != stream.index:
+                    continue
                 if packet.size and stamp is not None:
                     stamps.append(stamp)
                     end = stamp + (packet.duration or 0)
@@ -181,8 +182,13 @@ def probe_video(path: str | Path) -> VideoInfo:
         if len(times):  # packets may carry no duration (e.g. Matroska): add one frame gap
             scanned = max(float(last_end * tb) - times[0], times[-1] - times[0] + median_gap)
         header = float(stream.duration * tb) if stream.duration else 0.0
-        if header and scanned and scanned < header - max(0.1, 2 / fps):
-            logger.warning("%s: data ends at %.2f s of %.2f s (truncated?)", path, scanned, header)
+        declared, present = _declared_and_present(container, header, scanned, data_end)
+        truncated = bool(declared and present and present < declared - max(0.1, 2 / fps))
+        if truncated:
+            logger.warning(
+                "%s: truncated: data ends at %.2f s of %.2f s; keeping the decodable part",
+                path, present, declared,
+            )  # fmt: skip
             duration = scanned
         else:
             duration = header or scanned or (container.duration or 0) / av.time_base
@@ -199,7 +205,29 @@ def probe_video(path: str | Path) -> VideoInfo:
             video_codec=stream.codec_context.name,
             num_frames=len(stamps) or stream.frames or None,
             variable_frame_rate=variable,
+            truncated=truncated,
+            declared_duration=declared or None,
         )
+
+
+def _declared_and_present(
+    container: av.container.InputContainer,
+    header: float,
+    scanned: float,
+    data_end: float | None,
+) -> tuple[float, float]:
+    """(declared duration, duration of the data present), seconds, for the truncation check.
+
+    MP4/MOV declare a duration per stream: compare the video packets' extent with it. Matroska
+    and WebM declare one only for the whole file: compare the end of the last packet of any stream
+    (audio may run a little past the video) with it. 0.0 where nothing is declared.
+    """
+    if header:
+        return header, scanned
+    if container.duration and data_end is not None:
+        start = (container.start_time or 0) / av.time_base
+        return container.duration / av.time_base, data_end - start
+    return 0.0, scanned
 
 
 def _flush_decoder(stream: av.video.stream.VideoStream) -> list[av.VideoFrame]:

@@ -7,18 +7,40 @@ back tolerating a torn last line, so a rerun never sees half-written state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, streamed in chunks (never the whole file in memory)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusive temporary file next to `path`, with the mode any new file gets.
+
+    `tempfile.mkstemp` creates files 0600; a shared cluster's other users could then not read a
+    model or manifest. O_CREAT with 0666 lets the process umask decide, as for the shards.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -46,10 +46,26 @@ class FeaturesConfig:
     thumbnail_size: int = 32  # middle-frame thumbnail per clip (cluster grids); 0 = none
     batch_size: int = 8  # clips per S3D forward, batched across videos
     device: str = "auto"  # auto -> cuda when available, else cpu
+    engine: Literal["fused", "reference"] = "fused"  # reference: unfused modules (before issue 12)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    threads: int = 0  # torch threads for S3D in the main process; 0 = one per core
 
     def validate(self) -> None:
         check_range("batch_size", self.batch_size, 0, 4096)
         check_range("thumbnail_size", self.thumbnail_size, -1, 256)
+        check_range("threads", self.threads, -1, 1024)
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            if self.device != "auto" or not _cuda_available():
+                raise ConfigError(
+                    f"precision: fp16 needs a CUDA device (device={self.device}); "
+                    "use bf16 or fp32 on a CPU"
+                )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @dataclass
@@ -102,3 +118,16 @@ class PrepConfig:
 
     def validate(self) -> None:
         check_range("num_workers", self.num_workers, -1, 256)
+        f = self.features
+        if f.s3d_variant == "s3dg_howto100m" or (f.s3d_variant == "auto" and not f.s3d_weights):
+            check_space_to_depth(self.video)  # with weights, "auto" is checked once loaded
+
+
+def check_space_to_depth(video: VideoConfig) -> None:
+    """The HowTo100M S3D-G stem folds 2x2x2 voxels into channels (methods.md 8.2)."""
+    frames = round(video.fps * video.clip_seconds)
+    if frames % 2 or video.size % 2:
+        raise ConfigError(
+            f"video.fps: the HowTo100M S3D-G stem needs an even number of frames per clip "
+            f"(video.fps * video.clip_seconds = {frames}) and an even video.size ({video.size})"
+        )

@@ -13,22 +13,23 @@ One model class covers the two public variants (methods.md 8.1-8.4):
 Parameters use the HowTo100M names as the canonical naming; the torchvision stem becomes a
 separable ``conv1`` (``conv1.conv1`` [64, 3, 1, 7, 7] + ``conv1.conv2`` [64, 64, 7, 1, 1]).
 ``load_s3d`` reads either public layout (auto-detected from the keys) into that naming, and
-``s3d_state_dict_to_layout`` exports it back.
+``s3d_state_dict_to_layout`` exports it back. Feature extraction (uint8 clips -> pooled Mixed_5c,
+and the fused inference graph prep runs) lives in ``pipeline.s3d_extract``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -290,71 +291,6 @@ def init_s3d_weights(model: S3D) -> None:
             nn.init.zeros_(module.bias)
 
 
-class S3DFeatureExtractor:
-    """uint8 RGB clips -> pooled Mixed_5c features (and optionally a 2-D feature map).
-
-    Determinism: eval mode (BatchNorm running stats, no dropout), and on CUDA cuDNN is forced to
-    deterministic algorithms. On CPU the same input with the same batch shape and thread count
-    gives bit-identical output; a different batch size may pick another kernel (equal up to
-    float rounding).
-    """
-
-    def __init__(
-        self, model: S3D, cfg: S3DConfig, device: str = "cpu", bf16: bool | None = None
-    ) -> None:
-        """Moves ``model`` to ``device`` in eval mode; bf16 autocast only on CUDA (default on)."""
-        self.device = torch.device(device)
-        on_cuda = self.device.type == "cuda"
-        if bf16 and not on_cuda:
-            logger.warning(
-                "bf16 autocast is only used on CUDA; running S3D in float32 on %s", device
-            )
-        self.bf16 = on_cuda if bf16 is None else (bf16 and on_cuda)
-        self.cfg = cfg
-        self.model = model.to(self.device).eval()
-        self.mean = self.std = None
-        if cfg.input_mean is not None and cfg.input_std is not None:
-            self.mean = torch.tensor(cfg.input_mean, device=self.device).view(1, 3, 1, 1, 1)
-            self.std = torch.tensor(cfg.input_std, device=self.device).view(1, 3, 1, 1, 1)
-
-    def preprocess(self, clips: np.ndarray | Tensor) -> Tensor:
-        """uint8 [B, T, H, W, 3] RGB -> float32 [B, 3, T, H, W] in the variant's input range."""
-        if isinstance(clips, np.ndarray):
-            clips = torch.from_numpy(clips)
-        if clips.dtype != torch.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
-            raise ValueError(
-                f"clips must be uint8 [B, T, H, W, 3] RGB, got {clips.dtype} {tuple(clips.shape)}"
-            )
-        # Move uint8 first (4x less transfer), then scale on the device.
-        x = clips.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3).float() / 255.0
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x.contiguous()
-
-    @torch.inference_mode()
-    def __call__(
-        self, clips: np.ndarray | Tensor, spatial: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """clips uint8 [B, T, H, W, 3] RGB -> (feat float32 [B, 1024], fmap float16 [B, H', W', 1024]).
-
-        feat is Mixed_5c averaged over T', H', W'; fmap (only when spatial=True, else None) is
-        Mixed_5c averaged over time only (7x7 at 224 input).
-        """
-        x = self.preprocess(clips)
-        with (
-            torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16),
-            torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True),
-        ):
-            mixed_5c = self.model(x)
-        mixed_5c = mixed_5c.float()  # [B, 1024, T', H', W']
-        feat = mixed_5c.mean(dim=(2, 3, 4)).cpu().numpy()  # [B, 1024]
-        fmap = None
-        if spatial:
-            fmap_t = mixed_5c.mean(dim=2).permute(0, 2, 3, 1)  # [B, H', W', 1024]
-            fmap = fmap_t.to(torch.float16).cpu().numpy()
-        return feat, fmap
-
-
 # --------------------------------------------------------------------------------------------
 # Checkpoints: the two public layouts (methods.md 8.2 / 8.3) mapped onto the canonical names.
 # --------------------------------------------------------------------------------------------
@@ -544,14 +480,6 @@ def _map_to_canonical(
     return mapped
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _build_s3d(variant: str, seed: int) -> S3D:
     """Build with a seeded init, without disturbing the caller's global RNG state."""
     with torch.random.fork_rng(devices=[]):
@@ -594,5 +522,5 @@ def load_s3d(path: str | None, variant: str = "auto", seed: int = 0) -> tuple[S3
     name = _detect_variant(state, layout, path) if variant == "auto" else variant
     model = _build_s3d(name, seed)
     model.load_state_dict(_map_to_canonical(state, layout, model, path, name), strict=False)
-    info = {"variant": name, "layout": layout, "weights": _file_sha256(path), "path": path}
+    info = {"variant": name, "layout": layout, "weights": file_sha256(path), "path": path}
     return model.eval(), {**info, "seed": seed}

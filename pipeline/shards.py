@@ -10,12 +10,14 @@ video (legend: T clips, F = 1024 feature width, h x w Mixed_5c grid, s thumbnail
     clips.json   {"fps", "clip_seconds", "clips": [{"start", "end", "num_frames", "words": [...]}]}
     asr.json     {"source", "model", "language", "sentences": [{"text", "start", "end",
                    "clips": [first, stop), "words": [{"text", "start", "end", "prob"}]}]}
-    meta.json    provenance: source path, bytes, sha256, duration, fps, resolution, has_audio,
-                 decoder, every extraction setting, S3D weights checksum or "random-init",
-                 Whisper model, library versions, config hash
+    meta.json    provenance: source path, bytes, sha256, duration, truncated, declared_duration,
+                 native fps, width, height, rotation, has_audio, decoder, every extraction
+                 setting (S3D variant, engine, precision), S3D weights checksum or
+                 "random-init", Whisper model, library versions, content_config_hash
 
 plus `manifest.jsonl` (one line per shard: name, samples, bytes, sha256, keys), `failures.jsonl`
-(input, stage, error) and `prep_config.yaml` (the resolved config). Per-rank bookkeeping lives in
+(input, stage, error), `duplicates.jsonl` (input, same_as) and `prep_config.yaml` (the resolved
+config). Per-rank bookkeeping lives in
 `_state/`; `manifest.jsonl` and `failures.jsonl` are merged from it.
 """
 
@@ -35,7 +37,9 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from pipeline.io import append_jsonl, atomic_write_text, read_jsonl
+from pipeline.io import append_jsonl, atomic_write_text, file_sha256, read_jsonl
+
+# The one sha256 helper lives in pipeline.io; the old name stays for data_prep.cluster.
 
 SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{6})\.tar$")
 STATE_DIR = "_state"
@@ -54,16 +58,8 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def rank_state_path(out_dir: Path, rank: int, kind: str) -> Path:
-    """`_state/{kind}-rank{rank:03d}.jsonl`, kind in {"shards", "failures"}."""
+    """`_state/{kind}-rank{rank:03d}.jsonl`, kind in {"shards", "failures", "duplicates"}."""
     return out_dir / STATE_DIR / f"{kind}-rank{rank:03d}.jsonl"
 
 
@@ -100,7 +96,7 @@ def _locked(out_dir: Path):
 
 
 def merge_state(out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Rewrite `manifest.jsonl` and `failures.jsonl` from every rank's state files.
+    """Rewrite `manifest.jsonl`, `failures.jsonl` and `duplicates.jsonl` from the ranks' state.
 
     Each rank calls this when it finishes, under a file lock: a rank appends its last record
     before taking the lock, so whichever rank merges last sees everything, with no barrier (and
@@ -112,11 +108,17 @@ def merge_state(out_dir: Path) -> tuple[list[dict], list[dict]]:
         failures = latest_failures(out_dir)
         # An input that failed once and succeeded on a retry is not a failure.
         fails = sorted((f for k, f in failures.items() if k not in done), key=lambda r: r["key"])
+        dups: dict[str, dict] = {}  # the latest record per key, as for failures
+        for path in sorted((out_dir / STATE_DIR).glob("duplicates-rank*.jsonl")):
+            for rec in read_jsonl(path):
+                if rec["key"] not in done:
+                    dups[rec["key"]] = {k: v for k, v in rec.items() if k != "time"}
         atomic_write_text(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in shards))
-        atomic_write_text(
-            out_dir / "failures.jsonl",
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fails),
-        )
+        for name, records in (("failures", fails), ("duplicates", [dups[k] for k in sorted(dups)])):
+            atomic_write_text(
+                out_dir / f"{name}.jsonl",
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+            )
     return shards, fails
 
 
@@ -186,7 +188,7 @@ class ResumableShardWriter:
             "name": final.name,
             "samples": len(keys),
             "bytes": final.stat().st_size,
-            "sha256": file_digest(final),
+            "sha256": file_sha256(final),
             "keys": keys,
         }
         append_jsonl(self.state, record)

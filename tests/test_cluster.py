@@ -24,7 +24,8 @@ from data_prep.cluster import (
 )
 from pipeline.cluster_config import ClusterConfig
 from pipeline.config import ConfigError, load_config
-from pipeline.shards import file_digest, npy_bytes, shard_urls
+from pipeline.io import file_sha256
+from pipeline.shards import npy_bytes, shard_urls
 from pipeline.visual_words import load_tokens, tokens_path
 
 F = 64  # feature width of the synthetic corpus
@@ -106,7 +107,7 @@ def write_prep_dir(
                 tw.write(sample)
                 labels_of[key] = labels
                 keys.append(key)
-        manifest.append({"name": name, "samples": per_shard, "sha256": file_digest(out / name)})
+        manifest.append({"name": name, "samples": per_shard, "sha256": file_sha256(out / name)})
         manifest[-1]["keys"] = keys
     with open(out / "manifest.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in manifest)
@@ -131,7 +132,7 @@ def test_cluster_end_to_end(tmp_path: Path) -> None:
     assert centroids.dtype == np.float32 and centroids.shape == (9, F)
     assert vocab["num_words"] == 9 and vocab["depth"] == 2 and vocab["k"] == 3
     assert vocab["training_points"] == 288 and vocab["corpus_clips"] > 288
-    assert vocab["prep_manifest_sha256"] == file_digest(prep / "manifest.jsonl")
+    assert vocab["prep_manifest_sha256"] == file_sha256(prep / "manifest.jsonl")
     assert vocab["weights"] == "sha256:0123abcd" and vocab["extraction"]["fps"] == 20.0
     assert len(vocab["level_stats"]) == 2 and vocab["seed"] == 0
     assert (vocab_dir / "hkmeans.json").exists() and (vocab_dir / "cluster_config.yaml").exists()

@@ -16,9 +16,9 @@ def test_defaults_and_overrides(tmp_path):
     cfg = load_config(
         PrepConfig,
         REPO / "configs/prep/default.yaml",
-        ["video.fps=30", "asr.model_path=null", "features.spatial=true", "video.decoder=pyav"],
+        ["video.fps=24", "asr.model_path=null", "features.spatial=true", "video.decoder=pyav"],
     )
-    assert cfg.video.fps == 30.0 and isinstance(cfg.video.fps, float)
+    assert cfg.video.fps == 24.0 and isinstance(cfg.video.fps, float)
     assert load_config(PrepConfig, None, ["video.fps=2e1"]).video.fps == 20.0
     assert cfg.asr.model_path is None
     assert cfg.features.spatial is True

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +21,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from data_prep.prep import Prep
+from pipeline.config import ConfigError
+from pipeline.io import read_jsonl
 from pipeline.shards import decode_sample, shard_urls
 from vlpipe.cli import main as cli_main
 
@@ -89,6 +95,11 @@ def bad_corpus(tmp_path_factory) -> Path:
     media.make_video(d / "vfr.mp4", seconds=3.0, fps=30, size=(96, 72), vfr=True)
     media.make_video(d / "phone.mp4", seconds=2.0, fps=30, size=(96, 72), rotation=90)
     media.make_video(d / "4k.mp4", seconds=1.6, fps=10, size=(3840, 2160), preset="ultrafast")
+    for suffix, codec in ((".mkv", "libx264"), (".webm", "libvpx-vp9")):  # cut-off downloads
+        whole = media.make_video(d / f"whole{suffix}", 6.0, 25, (96, 72), codec=codec, audio="tone")
+        data = whole.read_bytes()
+        (d / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+        whole.unlink()
     (d / "sub").mkdir()
     media.make_video(d / "sub" / "vidéo ünï 1.mp4", seconds=2.0, fps=25, size=(96, 72))
     (d / "sub" / "vidéo ünï 1.vtt").write_text(
@@ -99,7 +110,7 @@ def bad_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_bad_input_corpus(bad_corpus, tmp_path):
+def test_bad_input_corpus(bad_corpus, tmp_path, capsys, caplog):
     out = tmp_path / "out"
     rc = cli_main(
         ["prep", "--input", str(bad_corpus), "--output", str(out), "num_workers=2", *FAST]
@@ -108,16 +119,28 @@ def test_bad_input_corpus(bad_corpus, tmp_path):
     samples = samples_of(out)
     by_name = {Path(s["meta.json"]["source"]).name: s for s in samples.values()}
     fails = failures_of(out)
-    # every input is either a sample or a failure, never both, never neither
-    inputs = {p.name for p in bad_corpus.rglob("*.mp4")}
-    assert set(by_name) | set(fails) == inputs
-    assert not set(by_name) & set(fails)
-    # the same file under two names: processed once (the first by key), the other recorded
+    dups = {r["input"]: r for r in read_jsonl(out / "duplicates.jsonl")}
+    # every input is a sample, a failure or a recorded duplicate: exactly one of them
+    inputs = {p.name for p in bad_corpus.rglob("*") if p.suffix in (".mp4", ".mkv", ".webm")}
+    assert set(by_name) | set(fails) | set(dups) == inputs
+    assert not set(by_name) & set(fails) and not (set(by_name) | set(fails)) & set(dups)
+    # the same file under two names: processed once (the first by key), the other recorded as a
+    # duplicate, which is not a failure (issue 8.12)
     pair = {"narrated.mp4", "copy of narrated.mp4"}
     (kept,) = pair & set(by_name)
-    (dup,) = pair & set(fails)
-    assert fails[dup]["stage"] == "dedup" and kept in fails[dup]["error"]
-    assert set(fails) - pair == {
+    (dup,) = pair & set(dups)
+    assert dups[dup]["same_as"] == kept
+    table = capsys.readouterr().err
+    assert "failed at dedup" not in table and "duplicates" in table
+    assert "overlap" in table and "% of wall time" in table  # stage shares, S3D idle share
+    # a cut-off .mkv / .webm download: the decodable part kept, flagged, named in a warning (8.4)
+    for name in ("cut.mkv", "cut.webm"):
+        meta = by_name[name]["meta.json"]
+        assert meta["truncated"] is True and abs(meta["declared_duration"] - 6.0) < 0.1
+        assert meta["duration"] < 4.5 and len(by_name[name]["feat.npy"]) >= 1
+        assert any(name in m and "truncated" in m for m in caplog.messages)
+    assert by_name[kept]["meta.json"]["truncated"] is False
+    assert set(fails) == {
         "zero.mp4",
         "notes.mp4",
         "truncated.mp4",
@@ -167,6 +190,16 @@ def test_bad_input_corpus(bad_corpus, tmp_path):
     assert len(meta["sha256"]) == 64 and meta["extraction"]["fps"] == 8.0
     assert meta["versions"]["torch"].startswith("2.13")
     assert (out / "prep_config.yaml").exists()
+    # the S3D engine and precision are recorded; README names meta's keys (issue 8.12)
+    assert meta["extraction"]["s3d_engine"] == "fused"
+    assert meta["extraction"]["s3d_precision"] == "fp32"
+    assert meta["width"] == 96 and meta["height"] == 72 and "resolution" not in meta
+    saved = (out / "prep_config.yaml").read_text()
+    assert f"content_config_hash: {meta['content_config_hash']}" in saved
+    readme = (REPO / "README.md").read_text()
+    schema = readme[readme.index("## Shard schema") : readme.index("## Your own checkpoints")]
+    for key in ("width", "height", "truncated", "content_config_hash", "s3d_engine"):
+        assert key in schema, key
     # the shards are plain tars
     for url in shard_urls(out):
         with tarfile.open(url) as tf:
@@ -205,10 +238,11 @@ def test_retry_failed_redoes_only_failures(tmp_path):
 
 def test_invalid_config_rejected_before_work(tmp_path):
     out = tmp_path / "out"
-    r = run_cli("prep", "--input", str(tmp_path), "--output", str(out), "video.fps=-3")
-    assert r.returncode == 2
-    assert "video.fps" in r.stderr
-    assert not out.exists()
+    for bad in ("video.fps=-3", "video.fps=6"):  # 6 fps x 1.5 s = 9 frames: odd for S3D-G
+        r = run_cli("prep", "--input", str(tmp_path), "--output", str(out), bad)
+        assert r.returncode == 2
+        assert "video.fps" in r.stderr
+        assert not out.exists()
 
 
 def test_nothing_to_process_is_an_error(tmp_path):
@@ -343,3 +377,129 @@ def test_manifest_and_video2dataset_inputs(tmp_path):
     assert s["asr.json"]["source"] == "subtitles"
     assert s["meta.json"]["input_extra"]["url"] == "http://example/x"
     assert not list((out / "_state").glob("tmp-*/*"))  # extracted members are cleaned up
+
+
+# --- issue 8: what a new user hit (5 interrupts, 8 output/input errors, 10 modes, 12 output) ---
+
+
+class _StderrReader(threading.Thread):
+    """Collects a child's stderr as it comes (the progress bar redraws with carriage returns)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.text = stream, ""
+
+    def run(self) -> None:
+        while chunk := os.read(self.stream.fileno(), 4096):
+            self.text += chunk.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_finished_samples_and_rerun_redoes_nothing(tmp_path, sig):
+    """Issue 8.5: Ctrl-C (SIGINT to the process group, as a terminal sends it) or a cluster's
+    SIGTERM printed a traceback and threw away the samples of the open shard."""
+    corpus = _small_corpus(tmp_path / "in", 6)
+    media.make_video(corpus / "z_long.mp4", seconds=40.0, fps=25, size=(64, 64))  # runs last
+    args = ["prep", "--input", str(corpus), "--output", str(tmp_path / "out")]
+    common = ["num_workers=1", "asr.source=none", *FAST]
+    p = subprocess.Popen(
+        [*VLPIPE, *args, *common[:-1], "progress=true"],  # the bar says how many are written
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    reader = _StderrReader(p.stderr)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and not re.search(r"\| [2-6]/7 ", reader.text):
+        assert p.poll() is None, reader.text[-2000:]
+        time.sleep(0.05)
+    os.killpg(p.pid, sig)  # main process and decode worker, as a terminal or a scheduler does
+    p.wait(timeout=120)
+    reader.join(timeout=10)
+    err = reader.text
+    assert p.returncode == 128 + sig, err[-2000:]
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip()]
+    assert lines[-1] == "interrupted: rerun the same command to resume"
+    assert "Traceback" not in err and "decoder process died" not in err
+    first = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    kept = [k for r in first for k in r["keys"]]
+    assert len(kept) >= 2 and "z_long" not in " ".join(kept)  # the open shard was closed
+    assert not (tmp_path / "out" / "failures.jsonl").read_text()  # nothing recorded as failed
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+    r = run_cli(*args, *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert final[: len(first)] == first  # the finished shard untouched
+    redone = [k for rec in final[len(first) :] for k in rec["keys"]]
+    assert not set(redone) & set(kept)  # nothing finished is redone
+    assert len(kept) + len(redone) == 7
+
+
+def test_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    """Issue 8.8: `--output` naming an existing file gave a FileExistsError traceback."""
+    (tmp_path / "in").mkdir()
+    target = tmp_path / "out.txt"
+    target.write_text("my notes\n")
+    r = run_cli("prep", "--input", str(tmp_path / "in"), "--output", str(target), *FAST)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "is not a directory" in r.stderr
+    assert target.read_text() == "my notes\n"
+
+
+def test_mistyped_input_touches_nothing_and_settings_change_refused_only_with_samples(tmp_path):
+    """Issue 8.8: a mistyped --input created the output and its _state/, and the corrected rerun
+    was then refused as holding "samples made with other settings" (it held none)."""
+    corpus = _small_corpus(tmp_path / "in", 1)
+    (corpus / "broken.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    common = ["num_workers=0", "asr.source=none", *FAST]
+    assert cli_main(["prep", "--input", str(tmp_path / "inn"), "--output", str(out), *common]) == 2
+    assert not out.exists()
+    # A run that makes no sample (only the broken file) does not pin its settings...
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    shutil.copy(corpus / "broken.mp4", only_bad)
+    assert cli_main(["prep", "--input", str(only_bad), "--output", str(out), *common]) == 1
+    assert (
+        cli_main(["prep", "--input", str(corpus), "--output", str(out), *common, "video.fps=4"])
+        == 0
+    )
+    assert len(samples_of(out)) == 1 and set(failures_of(out)) == {"broken.mp4"}
+    # ...but once samples exist, other content settings are refused, naming the difference.
+    with pytest.raises(ConfigError, match="video.fps: 4.0 -> 8.0"):
+        Prep(load_prep_config(common), str(corpus), out).run()
+
+
+def load_prep_config(overrides: list[str]):
+    from pipeline.config import load_config
+    from pipeline.prep_config import PrepConfig
+
+    return load_config(PrepConfig, REPO / "configs/prep/default.yaml", overrides)
+
+
+@pytest.mark.slow
+def test_progress_bar_names_files_and_ffmpeg_stays_quiet(tmp_path):
+    """Issue 8.12 / 8.10 end to end: FFmpeg's anonymous lines ("[h264 @ 0x...] ...") cut through
+    the progress bar, which never named the current file; outputs were mode 0600."""
+    d = tmp_path / "in"
+    d.mkdir()
+    media.make_truncated(d / "cut.mp4", 4.0, keep=0.6)  # decord's FFmpeg complains about it
+    media.make_video(d / "fine.mp4", seconds=2.0, fps=25, size=(64, 64))
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [*VLPIPE, "prep", "--input", str(d), "--output", str(out), "num_workers=1",
+         "asr.source=none", *FAST[:-1], "progress=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: os.umask(0o027),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not re.search(r"\[[\w,]+ @ 0x[0-9a-f]+\]", r.stderr), r.stderr[-2000:]
+    assert "cut.mp4: truncated" in r.stderr  # the same problem, said once, naming the file
+    bar = [chunk for chunk in re.split(r"[\r\n]", r.stderr) if chunk.startswith("prep rank 0")]
+    assert any("fine.mp4" in chunk for chunk in bar) and any("cut.mp4" in chunk for chunk in bar)
+    for name in ("manifest.jsonl", "failures.jsonl", "prep_config.yaml", "shard-000-000000.tar"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640, name

@@ -15,10 +15,16 @@ from pipeline.s3d import (
     S3D_VARIANTS,
     MaxPool3dS3D,
     S3DCheckpointError,
-    S3DFeatureExtractor,
     load_s3d,
     s3d_state_dict_to_layout,
     space_to_depth,
+)
+from pipeline.s3d_extract import (
+    FusedS3D,
+    S3DFeatureExtractor,
+    SeparableMaxPool3d,
+    resolve_precision,
+    space_to_depth_channels_last,
 )
 
 # Exact public key names and shapes (methods.md 8.2 HowTo100M s3dg.py, 8.3 torchvision).
@@ -235,8 +241,9 @@ def test_random_init_is_deterministic_and_warns(caplog):
 def test_howto_224x32_gives_4x7x7_mixed_5c_and_consistent_fmap():
     model, _ = load_s3d(None, "s3dg_howto100m")
     captured = {}
-    model.register_forward_hook(lambda _m, _inp, out: captured.update(mixed_5c=out.shape))
     extractor = S3DFeatureExtractor(model, S3D_VARIANTS["s3dg_howto100m"])
+    hook = lambda _m, _inp, out: captured.update(mixed_5c=out.shape)  # noqa: E731
+    extractor.model.register_forward_hook(hook)
     feat, fmap = extractor(random_clips((1, 32, 224, 224, 3)), spatial=True)
     assert captured["mixed_5c"] == (1, 1024, 4, 7, 7)
     assert feat.shape == (1, 1024) and feat.dtype == np.float32
@@ -288,3 +295,90 @@ def test_gating_scales_each_branch_and_every_parameter_gets_gradient():
     model(torch.rand(2, 3, 8, 32, 32)).mean().backward()  # Mixed_5c [2, 1024, 1, 1, 1]
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not no_grad
+
+
+# --- the fused inference engine (issue 12): same function as the reference modules ------------
+
+
+@pytest.mark.parametrize("variant", list(S3D_VARIANTS))
+def test_fused_engine_equals_reference_within_rounding(variant):
+    model = seeded_model(variant, seed=3)  # non-trivial BN statistics: folding must use them
+    cfg = S3D_VARIANTS[variant]
+    clips = random_clips((2, 16, 64, 64, 3), seed=1)
+    ref = S3DFeatureExtractor(model, cfg, engine="reference")
+    feat_r, fmap_r = ref(clips, spatial=True)
+    fused = S3DFeatureExtractor(model, cfg, engine="fused")
+    assert ref.precision == fused.precision == "fp32"  # auto on a CPU
+    feat_f, fmap_f = fused(clips, spatial=True)
+    scale = np.abs(feat_r).max()
+    assert scale > 0
+    assert np.abs(feat_f - feat_r).max() <= 1e-5 * scale  # measured ~3e-7 at 30 x 224^2
+    np.testing.assert_allclose(fmap_f, fmap_r, rtol=2e-3, atol=1e-3 * scale)
+    # The source model is untouched (the fused copy folds BN into its own buffers).
+    feat_again, _ = ref(clips)
+    assert np.array_equal(feat_again, feat_r)
+    assert fused.describe()["s3d_engine"] == "fused"
+
+
+def test_fused_output_is_channels_last_and_fallback_conv_path_agrees():
+    model = seeded_model("s3dg_howto100m", seed=4)
+    fused = FusedS3D(model)
+    x = torch.rand(1, 3, 8, 64, 64)
+    with torch.inference_mode():
+        out = fused(x)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        # The non-oneDNN path (plain conv3d + bias + ReLU) is what CUDA runs: same numbers.
+        for module in fused.modules():
+            if hasattr(module, "onednn"):
+                module.onednn = False
+        plain = fused(x)
+        expected = model(x)
+    scale = expected.abs().max()
+    assert (out - expected).abs().max() <= 1e-5 * scale
+    assert (plain - expected).abs().max() <= 1e-5 * scale
+
+
+def test_space_to_depth_channels_last_matches_reference_order():
+    x = torch.randn(2, 3, 4, 6, 8)
+    y = space_to_depth_channels_last(x)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(y, space_to_depth(x))
+
+
+def test_reduced_precision_options():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "bf16"
+    with pytest.raises(ValueError, match="fp16 S3D needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="unknown S3D precision"):
+        resolve_precision("int8", "cpu")
+    model = seeded_model("s3dg_howto100m", seed=5)
+    cfg = S3D_VARIANTS["s3dg_howto100m"]
+    clips = random_clips((1, 8, 64, 64, 3), seed=2)
+    feat_32, _ = S3DFeatureExtractor(model, cfg)(clips)
+    bf16 = S3DFeatureExtractor(model, cfg, precision="bf16")
+    feat_16, _ = bf16(clips)
+    assert feat_16.dtype == np.float32 and bf16.describe()["s3d_precision"] == "bf16"
+    rel = np.abs(feat_16 - feat_32).max() / np.abs(feat_32).max()
+    assert 0 < rel < 3e-2  # bf16 has 8 mantissa bits; measured ~4e-3 at 30 x 224^2
+
+
+@pytest.mark.parametrize("tf_same", [True, False])
+def test_separable_max_pool_is_bit_identical_to_the_reference_pools(tf_same):
+    """Max is exact: three 1-D pools equal the 3-D pool, shape and values, for every S3D pool."""
+    pools = [
+        MaxPool3dS3D((1, 3, 3), (1, 2, 2), (0, 1, 1), tf_same),  # maxpool_2a / 3a
+        MaxPool3dS3D((3, 3, 3), (2, 2, 2), (1, 1, 1), tf_same),  # maxpool_4a
+        MaxPool3dS3D((2, 2, 2), (2, 2, 2), (0, 0, 0), tf_same),  # maxpool_5a
+        torch.nn.MaxPool3d((3, 3, 3), stride=1, padding=1),  # Inception branch 3
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for pool in pools:
+        separable = SeparableMaxPool3d(pool)
+        for t, h, w in [(2, 3, 4), (3, 5, 7), (4, 14, 15), (5, 28, 29), (8, 7, 7)]:
+            # Inputs are post-ReLU in the trunk (TF-SAME's zero pad relies on it).
+            x = torch.randn(2, 6, t, h, w, generator=gen).relu()
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            out = separable(x)
+            assert torch.equal(out, pool(x)), (pool, (t, h, w))
+            assert out.is_contiguous(memory_format=torch.channels_last_3d)

@@ -1,6 +1,8 @@
 """Resumable shard writer: temp names, atomic rename, manifest records, crash clean-up."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -8,7 +10,7 @@ import tarfile
 import numpy as np
 import webdataset as wds
 
-from pipeline.io import append_jsonl, read_jsonl
+from pipeline.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from pipeline.shards import (
     ResumableShardWriter,
     completed_shards,
@@ -127,3 +129,25 @@ for i in range(1000):
         with tarfile.open(tmp_path / r["name"]) as tf:
             assert len(tf.getnames()) == r["samples"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_atomic_writes_get_the_umask_mode_like_the_shards(tmp_path):
+    """Issue 8.10: the atomic writer made 0600 files (manifest, configs, model) where the shards
+    were 0644, so other users of a shared cluster could not read them."""
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "config.json", {"a": 1})
+        atomic_write_bytes(tmp_path / "model.bin", b"\0" * 10)
+        w = ResumableShardWriter(tmp_path, 0, 1, 10**9)
+        w.write(_sample(0))
+        w.close()
+        merge_state(tmp_path)
+    finally:
+        os.umask(old)
+    shard = tmp_path / completed_shards(tmp_path)[0]["name"]
+    for path in ("config.json", "model.bin", "manifest.jsonl", "failures.jsonl", shard.name):
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o640, path
+    assert not list(tmp_path.glob(".*.tmp"))
+    # Overwriting keeps working (a fresh temporary name each time).
+    atomic_write_json(tmp_path / "config.json", {"a": 2})
+    assert json.loads((tmp_path / "config.json").read_text()) == {"a": 2}

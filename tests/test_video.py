@@ -19,10 +19,10 @@ from data_prep.video import (
     Clip,
     VideoDecodeError,
     clip_spans,
-    file_sha256,
     iter_clips,
     probe_video,
 )
+from pipeline.io import file_sha256
 
 DECODERS = ["decord", "pyav"]
 
@@ -240,6 +240,7 @@ def test_truncated_file_yields_its_decodable_head(tmp_path, decoder, caplog):
     path = media.make_truncated(tmp_path / "cut.mp4", 4.0, keep=0.6)
     info = probe_video(path)
     assert 1.5 < info.duration < 3.0  # the data actually present, not the header's 4 s
+    assert info.truncated and info.declared_duration == 4.0
     clips = list(iter_clips(path, fps=20, clip_seconds=1.5, size=32, decoder=decoder))
     assert [c.index for c in clips] == [0, 1] and clips[1].num_real_frames < 30
     if decoder == "decord":  # decord trips on the cut-off packet; PyAV seeks to clip 1, goes on
@@ -249,6 +250,25 @@ def test_truncated_file_yields_its_decodable_head(tmp_path, decoder, caplog):
     # Frames whose packets were cut short are lost: the last whole frame stands in for them.
     assert np.array_equal(shown, np.minimum(expected, shown.max()))
     assert shown.max() >= expected.max() - 4
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mkv", "libx264"), (".webm", "libvpx-vp9")])
+def test_truncated_matroska_and_webm_are_detected(tmp_path, suffix, codec, caplog):
+    """Issue 8.4: Matroska declares no per-stream duration, only the container's; a download cut
+    at half its bytes became a short valid sample with no warning."""
+    whole = media.make_video(tmp_path / f"whole{suffix}", 6.0, 25.0, (96, 72), codec=codec,
+                             audio="tone")  # fmt: skip
+    info = probe_video(whole)
+    assert not info.truncated and abs(info.declared_duration - 6.0) < 0.1
+    cut = tmp_path / f"cut{suffix}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    info = probe_video(cut)
+    assert info.truncated and abs(info.declared_duration - 6.0) < 0.1
+    assert 2.0 < info.duration < 4.5  # the data present, not the declared 6 s
+    assert str(cut) in caplog.text and "truncated" in caplog.text
+    clips = list(iter_clips(cut, fps=10, clip_seconds=1.5, size=32, decoder="pyav", info=info))
+    assert 1 <= len(clips) <= 3
 
 
 # --- file names, decoder agreement, hashing --------------------------------------------------
