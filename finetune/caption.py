@@ -49,6 +49,7 @@ from finetune.metrics import caption_scores
 from finetune.task import Example, FinetuneTask
 from pipeline.config import ConfigError
 from pipeline.finetune_config import CaptionSettings, FinetuneConfig
+from pipeline.models import resolve_model_dir
 from pipeline.models.base import VLPreTrainedModel
 from pipeline.shards import shard_urls
 
@@ -158,10 +159,16 @@ class CaptionHead(nn.Module):
                 continue
             state[key] = value
         missing, unexpected = self.decoder.bert.load_state_dict(state, strict=False)
-        fresh = [k for k in missing if ".crossattention." not in k]
-        extra_layers = [k for k in fresh if int(k.split(".")[2]) >= bert.config.num_hidden_layers]
-        if unexpected or len(fresh) != len(extra_layers):
-            raise ValueError(f"text tower does not fit the decoder: {unexpected or fresh}")
+        tower_layers = bert.config.num_hidden_layers
+
+        def new_here(key: str) -> bool:  # cross-attention, and layers the tower does not have
+            parts = key.split(".")
+            extra_layer = parts[:2] == ["encoder", "layer"] and int(parts[2]) >= tower_layers
+            return ".crossattention." in key or extra_layer
+
+        unfit = unexpected + [k for k in missing if not new_here(k)]
+        if unfit:
+            raise ValueError(f"the text tower does not fit the caption decoder: {unfit[:5]}")
         self.decoder.cls.predictions.load_state_dict(mlm_head, strict=False)
 
     def memory(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -228,7 +235,7 @@ class CaptionHead(nn.Module):
 def segment_id(example: Example) -> str:
     """What a caption describes: the video, or "video@start-end" for a segment."""
     item = example.item
-    return item.video_id if item.start is None else f"{item.video_id}@{item.start:g}-{item.end:g}"
+    return item.video_id if item.start is None else f"{item.video_id}@{item.start}-{item.end}"
 
 
 def read_transcripts(shards: str | Path, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
@@ -249,6 +256,7 @@ class CaptionTask(FinetuneTask):
     settings: CaptionSettings
 
     def __init__(self, cfg: FinetuneConfig, state: dict[str, Any] | None = None) -> None:
+        check_positions(cfg)  # before any annotation is read
         super().__init__(cfg, state)
         if self.settings.use_transcript:
             examples = [*self.train_examples, *self.val_examples]
@@ -260,16 +268,7 @@ class CaptionTask(FinetuneTask):
         return {}
 
     def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
-        s = self.settings
-        head = CaptionHead(backbone, s.decoder_layers, s.use_transcript)
-        positions = head.decoder.config.max_position_embeddings
-        longest = max(s.max_length, self.cfg.data.max_text_tokens + 1) + 1
-        if longest > positions:
-            raise ConfigError(
-                f"head.max_length / data.max_text_tokens: captions of {longest} tokens with "
-                f"[CLS] exceed the decoder's {positions} positions"
-            )
-        return head
+        return CaptionHead(backbone, self.settings.decoder_layers, self.settings.use_transcript)
 
     def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
         """Segment batch (+ the transcript as text) and, training, `caption_ids` [B, N]
@@ -348,6 +347,19 @@ class CaptionTask(FinetuneTask):
             "ptb_tokenized": float(scores.ptb_tokenized),
             "segments": float(len(predictions)),
         }
+
+
+def check_positions(cfg: FinetuneConfig) -> None:
+    """ConfigError when captions need more positions than the backbone's BERT has: decoder
+    inputs are [CLS] + up to data.max_text_tokens (training) or head.max_length (decoding)."""
+    config = resolve_model_dir(cfg.model) / "config.json"
+    positions = json.loads(config.read_text()).get("text_config", {}).get("max_position_embeddings")
+    longest = max(cfg.head.max_length, cfg.data.max_text_tokens) + 1
+    if positions and longest > positions:
+        raise ConfigError(
+            f"head.max_length / data.max_text_tokens: {longest} decoder positions with [CLS] "
+            f"exceed the text tower's {positions}"
+        )
 
 
 def transcript(sentences: list[dict[str, Any]], item: Any) -> str:

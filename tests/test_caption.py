@@ -81,7 +81,7 @@ def config(data, model: str, run: Path, *extra: str, fmt: str = "youcook2") -> F
     file = data["root"] / ("youcook2.json" if fmt == "youcook2" else "msrvtt.json")
     return load_config(
         FinetuneConfig,
-        None,
+        REPO / "configs" / "finetune" / "caption.yaml",
         [
             "task=caption",
             f"model={data[model]}",
@@ -148,6 +148,14 @@ def test_decoder_starts_from_the_text_tower(data, tmp_path):
     videobert = CaptionTask(config(data, "videobert", tmp_path / "vb")).build_model()
     transform = videobert.head.decoder.cls.predictions.transform.dense.weight
     assert torch.equal(transform, videobert.backbone.text_head_transform.dense.weight)
+
+
+def test_captions_longer_than_the_positions_fail_before_any_work(data, tmp_path):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head.max_length.*128"):
+        CaptionTask(config(data, "cbt", tmp_path / "run", "head.max_length=200"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_padding_is_never_in_the_loss(data, tmp_path):
