@@ -32,6 +32,7 @@ N caption tokens, D decoder width, V WordPiece vocabulary.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -216,7 +217,9 @@ class CaptionHead(nn.Module):
         """Caption ids [B, <= max_new_tokens] after [CLS] (ending in [SEP], then padding)."""
         states, mask = self.memory(backbone, batch)
         start = torch.full((states.shape[0], 1), self.bos_id, device=states.device)
-        extra: dict[str, Any] = {"use_cache": use_cache}
+        config = copy.deepcopy(config)
+        config.use_cache = use_cache
+        extra: dict[str, Any] = {}
         if use_cache:  # the transformers 5.23 workaround (module doc)
             from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
