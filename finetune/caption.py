@@ -4,12 +4,17 @@ The backbone encodes the clips (`encode(batch)["video"]`, [B, T, D_v]); a Linear
 projects them to the decoder width (LayerNorm because output scales differ across backbones, as
 in the classification head). The decoder is HuggingFace's `BertLMHeadModel(is_decoder=True,
 add_cross_attention=True)`: causal self-attention over the caption, cross-attention to the
-projected video, BERT's MLM head tied to the word embeddings. This is the encoder-decoder shape
-of Zhou et al. 2018 that VideoBERT's captioning uses (methods.md 1.7), with the backbone as the
-encoder. Its embeddings, self-attention and feed-forward layers (the first `decoder_layers`) and
-its MLM head start as copies of the backbone's text tower (VideoBERT `model.bert`, CBT and the
-two-stream model `model.text.bert`), so `init=text / random` change the decoder's start too;
-cross-attention starts fresh. With `use_transcript` the ASR sentences overlapping the segment are
+projected video, BERT's MLM head tied to the word embeddings. Its embeddings, self-attention and
+feed-forward layers (the first `decoder_layers`) and its MLM head start as copies of the
+backbone's text tower (VideoBERT `model.bert`, CBT and the two-stream model `model.text.bert`;
+a separate copy, as BERT2BERT initialises a decoder from BERT), so `init=text / random` change
+the decoder's start too; cross-attention starts fresh.
+
+Deliberate deviation from VideoBERT's captioning protocol (methods.md 1.7): there, frozen
+VideoBERT features (video outputs and the masked slots of a fill-in template, averaged and
+concatenated, + S3D) feed the transformer encoder-decoder of Zhou et al. 2018. Here, for any
+backbone, the decoder attends to every clip's output and the backbone is fine-tuned with it
+(`backbone_lr_mult` scales its learning rate), as issue 10 specifies. With `use_transcript` the ASR sentences overlapping the segment are
 the backbone's text input and the decoder attends to [video ; transcript] outputs, each with its
 own projection.
 
@@ -325,6 +330,9 @@ class CaptionTask(FinetuneTask):
         return super().predict(model, firsts)
 
     def predict_batch(self, model, examples, batch) -> list[dict[str, Any]]:
+        # FinetuneTask.predict builds batches on the CPU; evaluation runs where the model is.
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         config = model.head.generation_config(self.settings)
         ids = model.head.generate(model.backbone, batch, config)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
