@@ -250,7 +250,7 @@ def test_engine_run_evaluate_and_resume(data, tmp_path):
     torch.manual_seed(0)
     cfg = config(
         data,
-        "cbt",
+        "videobert",
         run,
         "optim.max_steps=6",
         "checkpoint_every=3",
