@@ -243,6 +243,15 @@ def test_transcript_is_a_second_input(data, tmp_path):
     assert all(p.grad.abs().sum() > 0 for p in net.head.text_proj.parameters())
 
 
+def test_blind_memory_carries_nothing_of_the_video(data, tmp_path):
+    task = CaptionTask(config(data, "cbt", tmp_path / "run", "blind=true"))
+    net = task.build_model().eval()
+    with torch.no_grad():
+        states, mask = net.head.memory(net.backbone, task.batch(task.val_examples[:3], False))
+    assert (mask[:, 0] == 1).all() and not mask[:, 1:].any()  # one input-independent slot
+    torch.testing.assert_close(states[:, 0], states[:1, 0].expand(3, -1))
+
+
 def test_engine_run_evaluate_and_resume(data, tmp_path):
     from vlpipe.cli import main
 
