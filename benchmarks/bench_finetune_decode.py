@@ -23,7 +23,9 @@ the demo's text model), saved and loaded like a pretrained run.
    pure-Python fallback).
 3. Metrics alone: caption_scores on --metric-captions ids (default 1,000) of those captions.
 
-Timings on a shared machine are noisy: only the ratios, measured in the same run, compare.
+Timings on a shared machine are noisy: only the ratios, measured in the same run, compare. With
+other processes on the cores, use --threads 1: two torch threads spin-wait for each other when
+one is descheduled, which inflates wall and CPU time alike, step by step differently.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ def fit_caption_head(task, model, steps: int) -> None:
         loss.backward()
         optimizer.step()
         steps -= 1
-    print(f"caption head fitted: last training loss {float(loss):.3f}")
+    print(f"caption head fitted: last training loss {float(loss.detach()):.3f}")
 
 
 def decode_and_metrics(name: str, run: Path, data: Path, out: Path, args) -> None:
