@@ -79,7 +79,7 @@ class MCSettings:
 @dataclass
 class CaptionSettings:
     """A transformer decoder with cross-attention to the model's video outputs, decoded with
-    HuggingFace `generate` (greedy or beam search)."""
+    HuggingFace `generate` (greedy or beam search); finetune/caption.py."""
 
     decoder_layers: int = 0  # 0: as many as the text tower (initialised from it)
     max_length: int = 20  # generated tokens at most
@@ -87,10 +87,11 @@ class CaptionSettings:
     no_repeat_ngram_size: int = 0  # 0 = off; 3 blocks repeated trigrams
     use_transcript: bool = False  # also attend to the ASR transcript of the segment
     label_smoothing: float = 0.0  # teacher-forcing cross entropy
+    java_metrics: bool = True  # PTB tokenizer + METEOR (Java, ~15 s per evaluation) if on PATH
 
     def validate(self) -> None:
         check_range("decoder_layers", self.decoder_layers, -1, 48)
-        check_range("max_length", self.max_length, 1, 512)
+        check_range("max_length", self.max_length, 0, 510)  # + [CLS]: BERT positions
         check_range("num_beams", self.num_beams, 0, 64)
         check_range("no_repeat_ngram_size", self.no_repeat_ngram_size, -1, 10)
         check_range("label_smoothing", self.label_smoothing, -1e-9, 0.5)
