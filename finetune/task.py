@@ -253,11 +253,16 @@ class FinetuneTask(Task):
     def predict(self, model: nn.Module, examples: list[Example]) -> list[dict[str, Any]]:
         """One prediction record per example (JSON-able), in order."""
         model.eval()
+        device = next(model.parameters()).device
         out: list[dict[str, Any]] = []
         bs = 2 * self.cfg.data.batch_size
         for start in range(0, len(examples), bs):
             chunk = examples[start : start + bs]
-            out += self.predict_batch(model, chunk, self.batch(chunk, train=False))
+            batch = {
+                k: v.to(device) if torch.is_tensor(v) else v
+                for k, v in self.batch(chunk, train=False).items()
+            }
+            out += self.predict_batch(model, chunk, batch)
         return out
 
     # --- export -----------------------------------------------------------------------------
