@@ -50,6 +50,7 @@ from pipeline.models import (
     resolve_model_dir,
 )
 from pipeline.models.base import VLPreTrainedModel
+from pipeline.models.text import load_tokenizer
 from pipeline.visual_words import nearest_words
 
 log = logging.getLogger("vlpipe.finetune")
@@ -81,8 +82,6 @@ class FinetuneTask(Task):
     """Base of the fine-tuning tasks; subclasses say how to prepare, score and predict."""
 
     def __init__(self, cfg: FinetuneConfig, state: dict[str, Any] | None = None) -> None:
-        from transformers import AutoTokenizer
-
         self.cfg, self.settings = cfg, cfg.head
         self.name = f"finetune-{cfg.task}"
         self.best_metric = TASKS.get(cfg.task).best_metric
@@ -92,7 +91,7 @@ class FinetuneTask(Task):
             require_path("data.shards", path, "a `vlpipe prep` output directory")
         for i, path in enumerate([*cfg.data.train, *cfg.data.val]):
             require_path("data.train" if i < len(cfg.data.train) else "data.val", path, "a file")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.tokenizer = load_tokenizer(self.model_dir)
         vocab = self.model_dir / "vocab" / "centroids.npy"
         self.centroids = np.load(vocab, allow_pickle=False) if vocab.exists() else None
         self.index = ShardIndex.build(cfg.data.shards)

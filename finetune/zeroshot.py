@@ -35,6 +35,7 @@ import webdataset as wds
 from pipeline.clips import sentence_clip_range
 from pipeline.config import UserInputError
 from pipeline.models import load_pretrained, model_name_of, resolve_model_dir
+from pipeline.models.text import load_tokenizer
 from pipeline.shards import decode_sample, shard_urls
 from pipeline.stats import bootstrap_interval
 from pipeline.visual_words import nearest_words
@@ -215,12 +216,10 @@ def evaluate_zeroshot(
     model_dir: str | Path, shards: str, labels_path: str | Path
 ) -> dict[str, Any]:
     """Run the protocol; returns {"metrics", "predictions", ...} (also what the CLI writes)."""
-    from transformers import AutoTokenizer
-
     model_dir = resolve_model_dir(model_dir)
     name = model_name_of(model_dir)
     model = load_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = load_tokenizer(model_dir)
     labels = read_labels(labels_path)
     verbs, nouns = labels["verbs"], labels["nouns"]
     vocab = model_dir / "vocab" / "centroids.npy"

@@ -26,6 +26,7 @@ from finetune.classify import classification_scores
 from finetune.readers import label_to_words, read_annotations
 from pipeline.config import UserInputError
 from pipeline.models import load_pretrained, model_name_of, resolve_model_dir
+from pipeline.models.text import load_tokenizer
 from pipeline.stats import bootstrap_interval
 from pipeline.visual_words import nearest_words
 
@@ -122,11 +123,9 @@ def evaluate_zeroshot_labels(
     split: str | None = "test",
 ) -> dict[str, Any]:
     """Zero-shot classification of the labelled clips of `annotations` (module doc)."""
-    from transformers import AutoTokenizer
-
     model_dir = resolve_model_dir(model_dir)
     model = load_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = load_tokenizer(model_dir)
     vocab = model_dir / "vocab" / "centroids.npy"
     centroids = np.load(vocab, allow_pickle=False) if vocab.exists() else None
     read = read_annotations(fmt, *annotations)

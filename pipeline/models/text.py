@@ -45,6 +45,16 @@ def read_bert_directory(text_model_path: str | Path) -> tuple[Path, BertConfig, 
     return path, text_config, special_ids
 
 
+def load_tokenizer(path: str | Path):
+    """The WordPiece tokenizer saved in a BERT or vlpipe model directory.
+
+    The vlpipe models' config.json names a `model_type` transformers does not know; passing a
+    BertConfig keeps AutoTokenizer from reading it (and from warning that the model type differs):
+    every vlpipe text side is a BERT.
+    """
+    return AutoTokenizer.from_pretrained(str(path), config=BertConfig())
+
+
 def add_cls_sep(
     text_ids: Tensor, text_mask: Tensor, cls_id: int, sep_id: int, pad_id: int
 ) -> tuple[Tensor, Tensor]:
