@@ -134,14 +134,18 @@ def check_resume_config(out: Path, cfg: PrepConfig, rank: int) -> None:
     content = {k: to_dict(cfg)[k] for k in PrepConfig.CONTENT_SECTIONS}
     if path.exists():
         old = json.loads(path.read_text())
-        # A setting added since that run (e.g. features.extractor, issue 11) counts as its default.
-        defaults = to_dict(PrepConfig())
+        # A setting added since that run (e.g. features.extractor, issue 11) counts as its
+        # default; nested sections (features.encoder) compare key by key.
+        new, before = _flat(content), _flat({k: old.get(k, {}) for k in content})
+        defaults = _flat({k: to_dict(PrepConfig())[k] for k in content})
+        keys = [*new, *(k for k in before if k not in new)]
         diffs = [
-            f"{sec}.{k}: {old.get(sec, {}).get(k, defaults[sec].get(k))!r} -> {v!r}"
-            for sec, d in content.items()
-            for k, v in d.items()
-            if old.get(sec, {}).get(k, defaults[sec].get(k)) != v
+            f"{k}: {before.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
+            for k in keys
+            if before.get(k, defaults.get(k)) != new.get(k)
         ]
+        if len(diffs) > 8:
+            diffs = [*diffs[:8], f"{len(diffs) - 8} more"]
         if not diffs:
             return
         if completed_shards(out):
@@ -154,6 +158,17 @@ def check_resume_config(out: Path, cfg: PrepConfig, rank: int) -> None:
                 stale.unlink(missing_ok=True)
     if rank == 0:
         atomic_write_json(path, content)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 class Prep:
