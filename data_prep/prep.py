@@ -16,6 +16,7 @@ one line says to rerun, and the exit code is 128 + the signal number.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -63,9 +64,11 @@ class VideoState:
     begin: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     spans: list[tuple[float, float, int]] = field(default_factory=list)
-    feats: dict[int, np.ndarray] = field(default_factory=dict)  # clip index -> [F]
-    fmaps: dict[int, np.ndarray] = field(default_factory=dict)  # clip index -> [h, w, F]
+    feats: dict[int, np.ndarray] = field(default_factory=dict)  # clip index -> [D]
+    # member name (fmap.npy [h, w, D], tokens.npy [N, D], sizes.npy [N]) -> clip index -> array
+    spatial: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     thumbs: list[np.ndarray] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)  # stored frames [n, F', s, s, 3]
     speech: dict | None = None
     transcript: Future | None = None  # ASR running in the thread (or done)
     end: dict | None = None
@@ -131,12 +134,18 @@ def check_resume_config(out: Path, cfg: PrepConfig, rank: int) -> None:
     content = {k: to_dict(cfg)[k] for k in PrepConfig.CONTENT_SECTIONS}
     if path.exists():
         old = json.loads(path.read_text())
+        # A setting added since that run (e.g. features.extractor, issue 11) counts as its
+        # default; nested sections (features.encoder) compare key by key.
+        new, before = _flat(content), _flat({k: old.get(k, {}) for k in content})
+        defaults = _flat({k: to_dict(PrepConfig())[k] for k in content})
+        keys = [*new, *(k for k in before if k not in new)]
         diffs = [
-            f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
-            for sec, d in content.items()
-            for k, v in d.items()
-            if old.get(sec, {}).get(k) != v
+            f"{k}: {before.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
+            for k in keys
+            if before.get(k, defaults.get(k)) != new.get(k)
         ]
+        if len(diffs) > 8:
+            diffs = [*diffs[:8], f"{len(diffs) - 8} more"]
         if not diffs:
             return
         if completed_shards(out):
@@ -151,6 +160,17 @@ def check_resume_config(out: Path, cfg: PrepConfig, rank: int) -> None:
         atomic_write_json(path, content)
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 class Prep:
     """One rank's prep run. Use `run()`."""
 
@@ -162,6 +182,7 @@ class Prep:
         self.buffer: list[tuple[str, int, np.ndarray]] = []  # (key, clip index, frames [T,S,S,3])
         self.extractor = None
         self.s3d_info: dict[str, Any] = {}
+        self.encoder_record: dict[str, Any] = {}  # meta.json "encoder" (pipeline.encoders.extract)
         self.transcriber = None
         self.asr_pool: ThreadPoolExecutor | None = None
         self.writer: ResumableShardWriter | None = None
@@ -194,30 +215,67 @@ class Prep:
         return todo, my_dups
 
     def load_models(self) -> None:
+        """The feature extractor: the fused S3D engine for `s3d` (today's features, bit for bit),
+        any other registered visual encoder through `EncoderExtractor`."""
         import torch
-
-        from pipeline.s3d import S3D_VARIANTS, load_s3d
-        from pipeline.s3d_extract import S3DFeatureExtractor
 
         fc = self.cfg.features
         if fc.threads > 0:
             torch.set_num_threads(fc.threads)
-        model, info = load_s3d(fc.s3d_weights, fc.s3d_variant, seed=fc.seed)
-        if S3D_VARIANTS[info["variant"]].stem == "space_to_depth":
-            check_space_to_depth(self.cfg.video)  # variant "auto" is known only now
         device = resolve_device(fc.device, self.local_rank)
-        self.extractor = S3DFeatureExtractor(
-            model, S3D_VARIANTS[info["variant"]], device, fc.engine, fc.precision
-        )
-        self.s3d_info = info
-        self.summary.random_init = info["weights"] == "random-init"
+        if fc.extractor == "s3d":
+            self.load_s3d(device)
+        else:
+            self.load_encoder(device)
+        self.summary.random_init = self.encoder_record["weights_sha256"] == "random-init"
         self.summary.s3d = {
-            "engine": fc.engine,
-            "precision": self.extractor.precision,
+            **({"extractor": fc.extractor} if fc.extractor != "s3d" else {}),
+            "engine": fc.engine if fc.extractor == "s3d" else "-",
+            "precision": getattr(self.extractor, "precision", "fp32"),
             "device": device,
             "threads": torch.get_num_threads() if device == "cpu" else "-",
             "batch": fc.batch_size,
         }
+
+    def load_s3d(self, device: str) -> None:
+        from pipeline.encoders.extract import encoder_record, with_source
+        from pipeline.s3d import MIXED_5C_DIM, S3D_VARIANTS, load_s3d
+        from pipeline.s3d_extract import S3DFeatureExtractor
+
+        fc = self.cfg.features
+        model, info = load_s3d(fc.checkpoint, fc.s3d_variant, seed=fc.seed)
+        if S3D_VARIANTS[info["variant"]].stem == "space_to_depth":
+            check_space_to_depth(self.cfg.video)  # variant "auto" is known only now
+        self.extractor = S3DFeatureExtractor(
+            model, S3D_VARIANTS[info["variant"]], device, fc.engine, fc.precision
+        )
+        self.s3d_info = info
+        # What the `s3d` encoder (pipeline.encoders, the same trunk unfused) would be: the record a
+        # fine-tuning run rebuilds it from (methods.md 8; fused = reference up to ~3e-7 relative).
+        weights = str(Path(info["path"]).resolve()) if info["path"] else None
+        settings = dataclasses.replace(fc.encoder, variant=info["variant"])
+        self.encoder_record = encoder_record(
+            name="s3d",
+            settings=with_source(settings, weights, fc.seed),
+            weights_sha256=info["weights"],
+            feature_dim=MIXED_5C_DIM,
+        )
+
+    def load_encoder(self, device: str) -> None:
+        from pipeline.encoders import build_encoder
+        from pipeline.encoders.extract import EncoderExtractor, encoder_record, with_source
+
+        fc = self.cfg.features
+        weights = str(Path(fc.weights).expanduser().resolve()) if fc.weights else None
+        try:
+            encoder = build_encoder(fc.extractor, with_source(fc.encoder, weights, fc.seed))
+        except FileNotFoundError as e:
+            raise InputError(f"features.weights: {e}") from None
+        except ValueError as e:  # unreadable file, or not this encoder's checkpoint
+            raise InputError(f"features.weights: {e}") from None
+        self.extractor = EncoderExtractor(encoder, device)
+        self.encoder_record = encoder_record(encoder)
+        self.s3d_info = {}  # meta's s3d_* keys stay empty; "encoder" names the checkpoint
 
     def get_transcriber(self):
         if self.transcriber is None:
@@ -267,6 +325,11 @@ class Prep:
             state.spans.extend(spans)
             if thumbs is not None:
                 state.thumbs.extend(thumbs)
+            fc = self.cfg.features
+            if fc.frames:  # from the frames decoded for the extractor: no second decode
+                from pipeline.encoders.frames import stored_frames
+
+                state.frames.append(stored_frames(frames, fc.frames_per_clip, fc.frames_size))
             for i in range(len(spans)):
                 self.buffer.append((key, first + i, frames[i]))
             self.flush(partial=False)
@@ -283,7 +346,8 @@ class Prep:
         self.finalize_ready()
 
     def flush(self, partial: bool = True) -> None:
-        """Run S3D on buffered clips (any mix of videos) in batches of features.batch_size.
+        """Run the extractor (S3D by default) on buffered clips (any mix of videos) in batches of
+        features.batch_size.
 
         Every forward has the same batch shape (a short last batch is zero-padded): oneDNN's
         result for a clip then does not depend on which other clips share its batch, so a
@@ -299,14 +363,27 @@ class Prep:
                 frames[j] = item[2]
             frames[len(batch) :] = 0
             t0 = time.perf_counter()
-            feats, fmaps = self.extractor(frames, spatial=self.cfg.features.spatial)
+            feats, spatial = self.extract(frames)
             self.summary.timings["s3d"] += time.perf_counter() - t0
             for j, (key, idx, _) in enumerate(batch):
                 state = self.states[key]
                 state.feats[idx] = feats[j]
-                if fmaps is not None:
-                    state.fmaps[idx] = fmaps[j]
+                for name, values in spatial.items():
+                    state.spatial.setdefault(name, {})[idx] = values[j]
         self.finalize_ready()
+
+    def extract(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """uint8 clips [B, F, S, S, 3] -> (feat [B, D], {member: per-clip arrays [B, ...]}).
+
+        The token map (features.spatial): S3D's Mixed_5c averaged over time, `fmap.npy`
+        [B, h, w, 1024] as before issue 11; any other encoder's tokens, `tokens.npy` [B, N, D]
+        (+ `sizes.npy` [B, N] under ToMe). Both cost nothing beyond the forward that gives feat.
+        """
+        spatial = self.cfg.features.spatial
+        if self.cfg.features.extractor != "s3d":
+            return self.extractor(frames, spatial=spatial)
+        feats, fmaps = self.extractor(frames, spatial=spatial)
+        return feats, ({"fmap.npy": fmaps} if fmaps is not None else {})
 
     def waiting_video(self) -> bool:
         """A fully decoded video whose last clips sit in the buffer (flush them, don't wait)."""
@@ -368,19 +445,11 @@ class Prep:
             "has_audio": info.get("has_audio"),
             "num_clips": n,
             "decoder": self.cfg.video.decoder,
-            "extraction": {
-                **to_dict(self.cfg.video),
-                "frames_per_clip": round(self.cfg.video.fps * self.cfg.video.clip_seconds),
-                "spatial": self.cfg.features.spatial,
-                "thumbnail_size": self.cfg.features.thumbnail_size,
-                "s3d_variant": self.s3d_info.get("variant"),
-                "s3d_layer": "Mixed_5c",
-                "pooling": "mean over T,H,W (feat); mean over T (fmap)",
-                "batch_size": self.cfg.features.batch_size,
-                **self.extractor.describe(),
-            },
-            "weights": self.s3d_info.get("weights"),
-            "s3d_weights_path": self.s3d_info.get("path"),
+            "extraction": self.extraction(),
+            "weights": self.encoder_record["weights_sha256"],  # sha256 or "random-init"
+            "s3d_weights_path": self.s3d_info.get("path"),  # the extractor's checkpoint as given
+            "encoder": self.encoder_record,  # what rebuilds the extractor (data.frames=true)
+            "frames": self.frames_record(),
             "transcript_source": transcript.source,
             "transcript_note": (state.speech or {}).get("note"),
             "asr_dropped": transcript.dropped,  # {filter: {segments, words}}; {} if no Whisper
@@ -396,11 +465,13 @@ class Prep:
             "asr.json": asr_json,
             "meta.json": meta,
         }
-        if state.fmaps:
-            fmap = np.stack([state.fmaps[i] for i in range(n)]).astype(np.float16)
-            sample["fmap.npy"] = npy_bytes(fmap)
+        for name, per_clip in state.spatial.items():  # fmap.npy / tokens.npy float16
+            values = np.stack([per_clip[i] for i in range(n)])
+            sample[name] = npy_bytes(values if name == "sizes.npy" else values.astype(np.float16))
         if state.thumbs:
             sample["thumbs.npy"] = npy_bytes(np.stack(state.thumbs).astype(np.uint8))
+        if state.frames:
+            sample["frames.npy"] = npy_bytes(np.concatenate(state.frames))  # uint8
         self.writer.write(sample)
         self.summary.timings["write"] += time.perf_counter() - t0
         self.summary.ok += 1
@@ -416,6 +487,45 @@ class Prep:
                 f"{self.summary.clips / elapsed:.1f} clips/s, "
                 f"{sum(self.summary.failed.values())} failed, done {item.display[-40:]}"
             )
+
+    def extraction(self) -> dict[str, Any]:
+        """meta.json `extraction`: every setting that shapes feat.npy (clustering refuses to mix
+        samples whose extraction differs). S3D keeps its keys of before issue 11."""
+        fc = self.cfg.features
+        out = {
+            **to_dict(self.cfg.video),
+            "frames_per_clip": round(self.cfg.video.fps * self.cfg.video.clip_seconds),
+            "spatial": fc.spatial,
+            "thumbnail_size": fc.thumbnail_size,
+        }
+        if fc.extractor == "s3d":
+            out.update(
+                s3d_variant=self.s3d_info.get("variant"),
+                s3d_layer="Mixed_5c",
+                pooling="mean over T,H,W (feat); mean over T (fmap)",
+            )
+        else:
+            out.update(
+                encoder_width=self.encoder_record["feature_dim"],
+                pooling="the encoder's pooled output (feat); its tokens (tokens.npy)",
+            )
+        return {**out, "batch_size": fc.batch_size, **self.extractor.describe()}
+
+    def frames_record(self) -> dict[str, Any] | None:
+        """meta.json `frames`: how frames.npy was made (None: not written)."""
+        fc = self.cfg.features
+        if not fc.frames:
+            return None
+        from pipeline.encoders.frames import RESIZE, SAMPLING
+
+        decoded = round(self.cfg.video.fps * self.cfg.video.clip_seconds)
+        return {
+            "per_clip": fc.frames_per_clip or decoded,
+            "size": fc.frames_size or self.cfg.video.size,
+            "from": f"{decoded} frames of {self.cfg.video.size}^2 per clip, as the extractor saw",
+            "sampling": SAMPLING,
+            "resize": RESIZE,
+        }
 
     # ----------------------------------------------------------------------------- driving
     def decode_settings(self) -> DecodeSettings:

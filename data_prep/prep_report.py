@@ -111,6 +111,7 @@ def print_summary(s: PrepSummary, out: Path) -> None:
         )
     if s.random_init:
         console.print(
-            "[bold red]WARNING: S3D ran with RANDOM weights (no features.s3d_weights given). "
+            f"[bold red]WARNING: {s.s3d.get('extractor', 'S3D')} ran with RANDOM weights (no "
+            "features.weights given). "
             "Features are only useful for testing; samples are marked weights=random-init."
         )

@@ -16,6 +16,16 @@ evaluation files and the exported model.
   rank r of W takes every W-th example, batches span epochs) so a resumed run replays it.
 * Every evaluation writes `eval/step-N/predictions.jsonl` and `metrics.json`; `model/` holds the
   backbone (HF directory), the head (safetensors), the tokenizer and `finetune.json`.
+* From frames (`data.frames: true`, issue 11): the examples also hold each clip's stored frames
+  (`frames.npy`, uint8 [T, F', S, S, 3]) and the batch `video_frames` [B, T, F', S, S, 3]. The
+  model holds the visual encoder that made the shards' `feat.npy`, rebuilt from their meta.json
+  record (name, settings, weights checked by sha256, or the same random-init seed), and replaces
+  `video_feats` by `encoder(frames).pooled` [B, T, D] before the head reads the backbone
+  (`FinetuneModel.visual`); it trains at `encoder_lr_mult` x lr (0: frozen, kept in eval mode)
+  and is exported to `model/encoder/` (safetensors + encoder.json). The backbone's feature width
+  must be the encoder's (a backbone pretrained on these shards' feat.npy fits). One reducer place:
+  an encoder that reduces its tokens (TokenLearner, ToMe) under a backbone with its own
+  TokenLearner is refused.
 """
 
 from __future__ import annotations
@@ -37,11 +47,14 @@ from torch import nn
 
 from finetune.annotations import ShardIndex, join, segment_features, write_failures
 from finetune.readers import Failure, read_annotations
-from pipeline.config import ConfigError, load_config_dict, require_path, to_dict
+from pipeline.config import ConfigError, UserInputError, load_config_dict, require_path, to_dict
+from pipeline.encoders import VisualEncoder, encoder_settings, load_encoder
+from pipeline.encoders.extract import rebuild_encoder, same_encoder
 from pipeline.engine import Task
 from pipeline.finetune_config import TASKS, FinetuneConfig
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.models import (
+    MODELS,
     build_model,
     default_text_model,
     load_pretrained,
@@ -51,6 +64,7 @@ from pipeline.models import (
 )
 from pipeline.models.base import VLPreTrainedModel
 from pipeline.models.text import load_tokenizer
+from pipeline.shards import read_members
 from pipeline.visual_words import nearest_words
 
 log = logging.getLogger("vlpipe.finetune")
@@ -65,17 +79,54 @@ class Example:
     feats: np.ndarray  # float16 [T, F] clip features (T <= data.max_clips)
     words: np.ndarray  # int64 [T] visual word per clip (-1 without a vocabulary)
     extra: dict[str, Any] = field(default_factory=dict)  # the task's prepared fields
+    frames: np.ndarray | None = None  # uint8 [T, F', S, S, 3] with data.frames, else None
 
 
 class FinetuneModel(nn.Module):
-    """The backbone (any registered pretrained model) and a task head that reads it."""
+    """The backbone (any registered pretrained model), a task head that reads it and, from
+    frames, the visual encoder that computes the clip features (module doc)."""
 
-    def __init__(self, backbone: VLPreTrainedModel, head: nn.Module) -> None:
+    def __init__(
+        self,
+        backbone: VLPreTrainedModel,
+        head: nn.Module,
+        encoder: VisualEncoder | None = None,
+        freeze_encoder: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.encoder = encoder
+        self.freeze_encoder = freeze_encoder
+        if encoder is not None and freeze_encoder:
+            encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FinetuneModel:
+        super().train(mode)
+        if self.encoder is not None and self.freeze_encoder:
+            self.encoder.eval()  # frozen: the features prep computed, no dropout / drop path
+        return self
+
+    def visual(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with `video_feats` [B, T, D] = encoder(`video_frames`).pooled on the real
+        clips (zero on padding and hidden clips, as collate leaves them) and no `video_frames`.
+        A batch without frames (or a model without encoder) is returned as it is."""
+        frames = batch.get("video_frames")
+        if self.encoder is None or frames is None:
+            return batch
+        out = {k: v for k, v in batch.items() if k != "video_frames"}
+        device = self.encoder.pixel_mean.device
+        mask = batch["video_mask"].to(device)  # [B, T]
+        feats = torch.zeros(*mask.shape, self.encoder.feature_dim, device=device)
+        if mask.any():  # only the real clips go through the encoder
+            real = frames.to(device)[mask]  # [N, F', S, S, 3]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+                pooled = self.encoder(real[None]).pooled[0]  # [N, D]
+            feats = feats.index_put((mask,), pooled.to(feats.dtype))
+        out["video_feats"] = feats
+        return out
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.head(self.backbone, batch)
+        return self.head(self.backbone, self.visual(batch))
 
 
 class FinetuneTask(Task):
@@ -97,6 +148,9 @@ class FinetuneTask(Task):
         self.index = ShardIndex.build(cfg.data.shards)
         self.failures: list[Failure] = []
         self.state = state  # what export saved (answer list, labels), when evaluating a run
+        # From frames: the extractor that made the shards' features (rebuilt in build_model).
+        self.encoder_record = self.shards_encoder() if cfg.data.frames else None
+        self.check_backbone()
         self.train_examples: list[Example] = []
         if state is None:
             self.train_examples = self.examples(cfg.data.train, cfg.data.train_split)
@@ -105,6 +159,13 @@ class FinetuneTask(Task):
                 keep = max(1, round(cfg.data.fraction * len(self.train_examples)))
                 chosen = sorted(rng.choice(len(self.train_examples), keep, replace=False))
                 self.train_examples = [self.train_examples[i] for i in chosen]
+            width = self.train_examples[0].feats.shape[1] if self.train_examples else None
+            if width is not None and width != self.backbone_feat_dim:
+                raise ConfigError(
+                    f"model: {self.backbone_name} takes {self.backbone_feat_dim}-wide clip "
+                    f"features, data.shards hold {width}-wide feat.npy; use a backbone pretrained "
+                    "on features of this width"
+                )
             self.state = self.prepare(self.train_examples)
             self.train_examples = [e for e in self.train_examples if self.usable(e)]
             if not self.train_examples:
@@ -128,6 +189,71 @@ class FinetuneTask(Task):
 
     # --- data -------------------------------------------------------------------------------
 
+    def shards_encoder(self) -> dict[str, Any]:
+        """The extractor record (meta.json "encoder") shared by every sample of data.shards.
+
+        ConfigError when a sample has no frames.npy (prepped without features.frames), no
+        record (prepped before issue 11), or another extractor than the first sample's.
+        """
+        first: tuple[str, dict[str, Any]] | None = None
+        for key, parts in read_members(
+            self.cfg.data.shards, set(self.index.videos), ("meta.json",)
+        ):
+            meta = parts.get("meta.json", {})
+            where = f"data.shards: sample {key} ({self.index.videos[key].url})"
+            if not meta.get("frames"):
+                raise ConfigError(
+                    f"{where} has no frames.npy: prep with features.frames=true for data.frames"
+                )
+            record = meta.get("encoder")
+            if not record:
+                raise ConfigError(f"{where} names no extractor (prepped before issue 11)")
+            if first is None:
+                first = (key, record)
+            elif not same_encoder(first[1], record):
+                raise ConfigError(
+                    f"{where} was made by {record.get('encoder')} {record.get('settings_hash')}, "
+                    f"sample {first[0]} by {first[1].get('encoder')} "
+                    f"{first[1].get('settings_hash')}: one extractor per fine-tuning run"
+                )
+        if first is None:
+            raise ConfigError(f"data.shards: no sample in {self.cfg.data.shards}")
+        saved = (self.state or {}).get("encoder")
+        if saved is not None and not same_encoder(saved, first[1]):
+            raise ConfigError(
+                f"data.shards: made by {first[1].get('encoder')} {first[1].get('settings_hash')}, "
+                f"but the model's encoder was fine-tuned from {saved.get('encoder')} "
+                f"{saved.get('settings_hash')}"
+            )
+        return first[1]
+
+    def check_backbone(self) -> None:
+        """Refuse, before any work, a backbone that cannot take these clip features."""
+        config = model_class(self.backbone_name).config_class.from_pretrained(str(self.model_dir))
+        self.backbone_feat_dim = config.feat_dim
+        record = self.encoder_record
+        if record is None:
+            return
+        name = self.backbone_name
+        if config.feat_dim != record["feature_dim"]:
+            raise ConfigError(
+                f"model: {name} takes {config.feat_dim}-wide clip features, the shards' extractor "
+                f"{record['encoder']} gives {record['feature_dim']}; use a backbone pretrained on "
+                "these shards' feat.npy"
+            )
+        if MODELS.get(name).vocabulary == "required":
+            raise ConfigError(
+                f"data.frames: {name} reads visual words (nearest centroids) only, so no gradient "
+                "reaches an encoder; fine-tune from frames with a backbone that reads features"
+            )
+        settings = encoder_settings(record["encoder"], record["settings"])
+        if settings.reduces_tokens and getattr(config.settings(), "use_token_learner", False):
+            raise ConfigError(
+                f"data.frames: the shards' extractor {record['encoder']} already reduces its "
+                f"tokens (tokenlearner / tome) and {name} adds its own TokenLearner "
+                "(use_token_learner): one reducer place; use a backbone without it"
+            )
+
     def examples(self, files: list[str], split: str | None, strict: bool = False) -> list[Example]:
         """Read, filter by split, join to the shards and load the clips of `files`.
 
@@ -143,13 +269,32 @@ class FinetuneTask(Task):
         items = [i for i in result.items if split is None or getattr(i, "split", None) in allowed]
         joined = join(items, self.index)
         self.failures += joined.failures
+        segments = list(segment_features(self.cfg.data.shards, joined.items))
+        frames = self.stored_frames({j.key for j, _ in segments}) if self.cfg.data.frames else {}
         out = []
-        for j, feats in segment_features(self.cfg.data.shards, joined.items):
+        for j, feats in segments:
+            clip_frames = None
+            if self.cfg.data.frames:
+                clip_frames = even_subsample(
+                    frames[j.key][j.first : j.stop], self.cfg.data.max_clips
+                )
             feats = even_subsample(feats, self.cfg.data.max_clips)
             words = nearest_words(feats, self.centroids)
-            out.append(Example(j.item, j.key, feats.astype(np.float16), words))
+            out.append(Example(j.item, j.key, feats.astype(np.float16), words, frames=clip_frames))
         order = {id(j.item): i for i, j in enumerate(joined.items)}
         return sorted(out, key=lambda e: order[id(e.item)])  # annotation order
+
+    def stored_frames(self, keys: set[str]) -> dict[str, np.ndarray]:
+        """key -> uint8 [T, F', S, S, 3] frames.npy of those samples (one pass over the tars)."""
+        found = {
+            key: parts["frames.npy"]
+            for key, parts in read_members(self.cfg.data.shards, keys, ("frames.npy",))
+            if "frames.npy" in parts
+        }
+        missing = sorted(keys - set(found))
+        if missing:
+            raise ConfigError(f"data.shards: no frames.npy in sample(s) {', '.join(missing[:3])}")
+        return found
 
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer(
@@ -179,6 +324,12 @@ class FinetuneTask(Task):
             batch["video_feats"][i, :n] = torch.from_numpy(e.feats.astype(np.float32))
             batch["video_tokens"][i, :n] = torch.from_numpy(e.words)
             batch["video_mask"][i, :n] = not self.cfg.blind
+        if self.cfg.data.frames:  # uint8 [B, T, F', S, S, 3]; FinetuneModel.visual encodes them
+            shape = examples[0].frames.shape[1:]
+            batch["video_frames"] = torch.zeros(B, T, *shape, dtype=torch.uint8)
+            for i, e in enumerate(examples):
+                if not self.cfg.blind:
+                    batch["video_frames"][i, : len(e.frames)] = torch.from_numpy(e.frames)
         if self.cfg.blind:  # nothing of the video reaches the model
             batch["video_feats"].zero_()
             batch["video_tokens"].fill_(-1)
@@ -224,7 +375,11 @@ class FinetuneTask(Task):
 
     def build_model(self) -> nn.Module:
         backbone = self.backbone()
-        return FinetuneModel(backbone, self.build_head(backbone))
+        encoder = None
+        if self.encoder_record is not None:  # the extractor that made feat.npy, same weights
+            encoder = rebuild_encoder(self.encoder_record, "data.shards meta.json")
+        frozen = self.cfg.encoder_lr_mult == 0
+        return FinetuneModel(backbone, self.build_head(backbone), encoder, frozen)
 
     def parameter_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         backbone = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -232,6 +387,10 @@ class FinetuneTask(Task):
         groups = [{"params": head, "lr": lr}]
         if backbone:
             groups.append({"params": backbone, "lr": lr * self.cfg.backbone_lr_mult})
+        encoder = getattr(model, "encoder", None)
+        trainable = [p for p in encoder.parameters() if p.requires_grad] if encoder else []
+        if trainable:
+            groups.append({"params": trainable, "lr": lr * self.cfg.encoder_lr_mult})
         return groups
 
     def batch_size(self, batch: dict[str, Any]) -> int:
@@ -261,6 +420,9 @@ class FinetuneTask(Task):
                 k: v.to(device) if torch.is_tensor(v) else v
                 for k, v in self.batch(chunk, train=False).items()
             }
+            # Features from frames first, so that a head called outside forward (caption's
+            # generate) reads them too.
+            batch = model.visual(batch)
             out += self.predict_batch(model, chunk, batch)
         return out
 
@@ -274,7 +436,12 @@ class FinetuneTask(Task):
             np.save(out / "backbone" / "vocab" / "centroids.npy", self.centroids)
         head = {k: v.contiguous() for k, v in model.head.state_dict().items()}
         save_file(head, str(out / "head.safetensors"))
-        atomic_write_json(out / "finetune.json", {"config": to_dict(self.cfg), "state": self.state})
+        if model.encoder is not None:  # the fine-tuned encoder (safetensors + encoder.json)
+            model.encoder.save(out / "encoder")
+        state = self.state
+        if self.encoder_record is not None:  # the extractor it started from (evaluation checks)
+            state = {**state, "encoder": self.encoder_record}
+        atomic_write_json(out / "finetune.json", {"config": to_dict(self.cfg), "state": state})
 
     # --- what a task says -------------------------------------------------------------------
 
@@ -328,8 +495,6 @@ def load_finetuned(run: str | Path, **data_overrides: Any) -> tuple[FinetuneTask
     path = Path(run).expanduser()
     model_dir = path / "model" if (path / "model" / "finetune.json").exists() else path
     if not (model_dir / "finetune.json").exists():
-        from pipeline.config import UserInputError
-
         raise UserInputError(f"{path}: not a fine-tuned run (no model/finetune.json)")
     saved = json.loads((model_dir / "finetune.json").read_text())
     raw = saved["config"]
@@ -344,6 +509,10 @@ def load_finetuned(run: str | Path, **data_overrides: Any) -> tuple[FinetuneTask
         dataclasses.replace(cfg, output_dir=str(model_dir.parent)), state=saved["state"]
     )
     backbone = load_pretrained(model_dir / "backbone")
-    model = FinetuneModel(backbone, task.build_head(backbone))
+    encoder = load_encoder(model_dir / "encoder") if (model_dir / "encoder").is_dir() else None
+    if cfg.data.frames and encoder is None:
+        raise UserInputError(f"{model_dir}: trained from frames but has no encoder/ directory")
+    frozen = cfg.encoder_lr_mult == 0
+    model = FinetuneModel(backbone, task.build_head(backbone), encoder, frozen)
     model.head.load_state_dict(load_file(str(model_dir / "head.safetensors")))
     return task, model.eval()

@@ -6,7 +6,9 @@ A fine-tuning run is a task on the engine (`pipeline.engine`): the engine's sett
     model: PATH          a pretrained run (or its model/) whose model is the backbone
     init:  pretrained | text | random   what the backbone starts from (the baselines of issue 10)
     blind: false         hide the video (a baseline: what the text alone gets)
-    data:  annotations joined to prep shards (finetune.readers formats)
+    data:  annotations joined to prep shards (finetune.readers formats); `data.frames: true`
+           computes the clip features from the stored frames with the extractor that made them,
+           trained end to end at `encoder_lr_mult` x optim.lr
     task:  qa | mc | caption | classify
     head:  the task's settings (typed by `task`)
 
@@ -37,6 +39,7 @@ class FinetuneDataConfig:
     batch_size: int = 16  # examples per process per step
     max_text_tokens: int = 32  # WordPiece tokens of a question / option / caption
     max_clips: int = 32  # clips per example (longer videos are subsampled evenly)
+    frames: bool = False  # train the shards' extractor end to end from frames.npy (issue 11)
 
     def validate(self) -> None:
         if not self.shards:
@@ -143,6 +146,7 @@ class FinetuneConfig(EngineConfig):
     init: Literal["pretrained", "text", "random"] = "pretrained"  # the backbone's starting point
     blind: bool = False  # hide the video at training and test time (a baseline)
     backbone_lr_mult: float = 1.0  # learning rate of the backbone relative to optim.lr
+    encoder_lr_mult: float = 1.0  # the visual encoder's (data.frames=true); 0 = frozen, eval mode
     task: str = "qa"  # a registered task: qa, mc, caption, classify
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     head: Any = None  # the task's settings (QASettings, ...), by `task`
@@ -159,3 +163,4 @@ class FinetuneConfig(EngineConfig):
         if not self.model:
             raise ConfigError("model: a pretrained run directory is required (model=runs/NAME)")
         check_range("backbone_lr_mult", self.backbone_lr_mult, -1e-12)
+        check_range("encoder_lr_mult", self.encoder_lr_mult, -1e-12)

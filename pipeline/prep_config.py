@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from pipeline.config import ConfigError, check_range
+from pipeline.config import ConfigError, PathStr, check_range
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -39,27 +40,107 @@ class VideoConfig:
 
 @dataclass
 class FeaturesConfig:
-    s3d_weights: str | None = None  # local .pth/.safetensors (HowTo100M S3D-G or torchvision s3d)
+    extractor: str = "s3d"  # registered visual encoder writing feat.npy (README "Visual encoders")
+    encoder: Any = None  # the extractor's settings (typed by `extractor`): features.encoder.KEY
+    weights: PathStr | None = None  # extractor checkpoint (Video Swin: the official release layout)
+    s3d_weights: PathStr | None = None  # s3d only, same as `weights` (kept for existing configs)
     s3d_variant: Literal["auto", "s3dg_howto100m", "torchvision"] = "auto"  # auto: from the keys
     seed: int = 0  # random-init seed when no weights are given (features then meaningless)
-    spatial: bool = False  # also write fmap.npy: Mixed_5c pooled over time only (for TokenLearner)
+    spatial: bool = False  # also write the token map: fmap.npy (s3d) or tokens.npy (others)
+    frames: bool = False  # also write each clip's frames (frames.npy) for end-to-end training
+    frames_size: int = 64  # side of the stored frames (resized from video.size); 0 = video.size
+    frames_per_clip: int = 8  # frames kept per clip, uniformly sampled; 0 = all decoded frames
     thumbnail_size: int = 32  # middle-frame thumbnail per clip (cluster grids); 0 = none
-    batch_size: int = 8  # clips per S3D forward, batched across videos
+    batch_size: int = 8  # clips per extractor forward, batched across videos
     device: str = "auto"  # auto -> cuda when available, else cpu
-    engine: Literal["fused", "reference"] = "fused"  # reference: unfused modules (before issue 12)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    threads: int = 0  # torch threads for S3D in the main process; 0 = one per core
+    engine: Literal["fused", "reference"] = "fused"  # s3d only; reference: unfused (issue 12)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # s3d: auto = bf16 GPU, fp32 CPU
+    threads: int = 0  # torch threads for the extractor in the main process; 0 = one per core
+
+    @classmethod
+    def section_types(cls, data: dict[str, Any], prefix: str) -> dict[str, type]:
+        """`encoder` takes the settings class of the encoder named by `extractor`."""
+        from pipeline.encoders import ENCODERS  # torch: only once a features section is read
+
+        name = data.get("extractor", cls.extractor)
+        if not isinstance(name, str) or name not in ENCODERS:
+            raise ConfigError(
+                f"{prefix}extractor: unknown visual encoder {name!r}; choose one of "
+                f"{ENCODERS.names()}"
+            )
+        return {"encoder": ENCODERS.get(name).settings_class}
+
+    def __post_init__(self) -> None:
+        if self.encoder is None:  # built directly, not by load_config: the extractor's defaults
+            from pipeline.encoders import encoder_settings
+
+            self.encoder = encoder_settings(self.extractor)
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The extractor's checkpoint: `weights`, or for s3d the older `s3d_weights`."""
+        return self.weights or self.s3d_weights
 
     def validate(self) -> None:
         check_range("batch_size", self.batch_size, 0, 4096)
         check_range("thumbnail_size", self.thumbnail_size, -1, 256)
         check_range("threads", self.threads, -1, 1024)
+        check_range("frames_size", self.frames_size, -1, 1024)
+        check_range("frames_per_clip", self.frames_per_clip, -1, 1024)
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             if self.device != "auto" or not _cuda_available():
                 raise ConfigError(
                     f"precision: fp16 needs a CUDA device (device={self.device}); "
                     "use bf16 or fp32 on a CPU"
                 )
+        self._validate_encoder()
+
+    def _validate_encoder(self) -> None:
+        """One place for each setting: the checkpoint and seed are `weights` / `seed` here, the
+        clip shape is the video section's; what the extractor's own section may not set."""
+        enc = self.encoder
+        if enc.weights is not None:
+            raise ConfigError(
+                "encoder.weights: give the extractor's checkpoint as features.weights"
+            )
+        if enc.seed not in (0, self.seed):
+            raise ConfigError("encoder.seed: give the random-init seed as features.seed")
+        if self.weights and self.s3d_weights and self.weights != self.s3d_weights:
+            raise ConfigError("s3d_weights: set features.weights or features.s3d_weights, not both")
+        for key in ("weights", "s3d_weights"):  # refused before the output directory is made
+            path = getattr(self, key)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{key}: {path} is not a file (the extractor's checkpoint)")
+        if self.extractor != "s3d":
+            for key, value, default in (
+                ("s3d_weights", self.s3d_weights, None),
+                ("s3d_variant", self.s3d_variant, "auto"),
+                ("engine", self.engine, "fused"),
+            ):
+                if value != default:
+                    raise ConfigError(
+                        f"{key}: applies to extractor=s3d, not {self.extractor}"
+                        + (" (use features.weights)" if key == "s3d_weights" else "")
+                    )
+            if self.precision not in ("auto", "fp32"):
+                raise ConfigError(
+                    f"precision: {self.extractor} runs in float32 at prep time (auto or fp32)"
+                )
+            return
+        # s3d: prep runs the fused S3D engine on the clips as decoded.
+        if enc.variant not in ("auto", self.s3d_variant):
+            raise ConfigError("encoder.variant: give the S3D variant as features.s3d_variant")
+        for key in ("frames", "size"):
+            if getattr(enc, key):
+                raise ConfigError(
+                    f"encoder.{key}: prep's S3D reads each clip as decoded; set video.fps, "
+                    "video.clip_seconds and video.size instead"
+                )
+        if enc.tokenlearner.enabled:
+            raise ConfigError(
+                "encoder.tokenlearner.enabled: prep's S3D writes Mixed_5c (features.spatial for "
+                "the map); TokenLearner over it belongs to the model (model.use_token_learner)"
+            )
 
 
 def _cuda_available() -> bool:
@@ -119,7 +200,9 @@ class PrepConfig:
     def validate(self) -> None:
         check_range("num_workers", self.num_workers, -1, 256)
         f = self.features
-        if f.s3d_variant == "s3dg_howto100m" or (f.s3d_variant == "auto" and not f.s3d_weights):
+        if f.extractor == "s3d" and (
+            f.s3d_variant == "s3dg_howto100m" or (f.s3d_variant == "auto" and not f.checkpoint)
+        ):
             check_space_to_depth(self.video)  # with weights, "auto" is checked once loaded
 
 

@@ -1,19 +1,28 @@
 """The shard format every stage reads and writes, and a crash-safe shard writer.
 
 A prep output directory holds webdataset tars `shard-{rank:03d}-{n:06d}.tar`, one sample per
-video (legend: T clips, F = 1024 feature width, h x w Mixed_5c grid, s thumbnail side):
+video (legend: T clips, F feature width = the extractor's (S3D Mixed_5c: 1024; Video Swin mini:
+256 ...), h x w Mixed_5c grid, N encoder tokens per clip, s thumbnail side, F' x S x S stored frames):
 
     __key__      stable id of the video (no dots: webdataset splits member names at the first dot)
-    feat.npy     float16 [T, F]        S3D Mixed_5c, averaged over time and space, one row per clip
-    fmap.npy     float16 [T, h, w, F]  optional (features.spatial): averaged over time only
+    feat.npy     float16 [T, F]        one row per clip: S3D Mixed_5c averaged over time and space,
+                                       or the pooled output of features.extractor
+    fmap.npy     float16 [T, h, w, F]  optional (features.spatial, s3d): averaged over time only
+    tokens.npy   float16 [T, N, F]     optional (features.spatial, other extractors): the tokens
+    sizes.npy    float32 [T, N]        with tokens.npy under ToMe: input patches per token
+    frames.npy   uint8 [T, F', S, S, 3]  optional (features.frames): each clip's frames, RGB, for
+                                       end-to-end training (pipeline.encoders.frames)
     thumbs.npy   uint8 [T, s, s, 3]    optional: middle frame of each clip (cluster grids)
     clips.json   {"fps", "clip_seconds", "clips": [{"start", "end", "num_frames", "words": [...]}]}
     asr.json     {"source", "model", "language", "sentences": [{"text", "start", "end",
                    "clips": [first, stop), "words": [{"text", "start", "end", "prob"}]}]}
     meta.json    provenance: source path, bytes, sha256, duration, truncated, declared_duration,
                  native fps, width, height, rotation, has_audio, decoder, every extraction
-                 setting (S3D variant, engine, precision), S3D weights checksum or
-                 "random-init", Whisper model, library versions, content_config_hash
+                 setting (S3D variant, engine, precision; or the extractor and its settings
+                 hash), the extractor's weights checksum or "random-init" (`weights`), `encoder`
+                 (name, full settings, settings hash, weights sha256, width: what rebuilds it),
+                 `frames` (how frames.npy was made, or null), Whisper model, library versions,
+                 content_config_hash
 
 plus `manifest.jsonl` (one line per shard: name, samples, bytes, sha256, keys), `failures.jsonl`
 (input, stage, error), `duplicates.jsonl` (input, same_as) and `prep_config.yaml` (the resolved
@@ -29,7 +38,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -214,6 +224,41 @@ def shard_urls(path: str | Path | list[str | Path]) -> list[str]:
     if manifest.exists():
         return [str(path / r["name"]) for r in read_jsonl(manifest)]
     return sorted(str(p) for p in path.glob("shard-*.tar"))
+
+
+def read_members(
+    shards: str | Path | list[str | Path], keys: set[str], members: tuple[str, ...]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, {member: value}) for the samples of `keys`, reading only `members` (e.g.
+    "frames.npy", "meta.json") of each tar, each tar once, in shard order.
+
+    .npy members are loaded with allow_pickle=False, .json ones parsed; others stay bytes. A
+    sample missing a member simply lacks it in its dict.
+    """
+    wanted = set(keys)
+    for url in shard_urls(shards):
+        if not wanted:
+            return
+        found: dict[str, dict[str, Any]] = {}
+        with tarfile.open(url) as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                if ext in members and key in wanted and info.isfile():
+                    found.setdefault(key, {})[ext] = decode_member(
+                        ext, tar.extractfile(info).read()
+                    )
+        for key, parts in found.items():
+            wanted.discard(key)
+            yield key, parts
+
+
+def decode_member(name: str, value: bytes) -> Any:
+    """One member's bytes -> array (.npy, never unpickled) / dict (.json) / bytes."""
+    if name.endswith(".npy"):
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    if name.endswith(".json"):
+        return json.loads(value)
+    return value
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:

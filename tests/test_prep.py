@@ -261,14 +261,17 @@ def _small_corpus(d: Path, n: int) -> Path:
     return d
 
 
-def _features(out: Path) -> dict[str, np.ndarray]:
-    return {k: s["feat.npy"] for k, s in samples_of(out).items()}
+def _features(out: Path, member: str = "feat.npy") -> dict[str, np.ndarray]:
+    return {k: s[member] for k, s in samples_of(out).items()}
 
 
 @pytest.mark.slow
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("frames", [False, True], ids=["features", "frames"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, frames):
     corpus = _small_corpus(tmp_path / "in", 8)
     common = ["num_workers=1", "asr.source=none", "shards.max_samples=1", *FAST]
+    if frames:  # frames.npy (issue 11) is written with the sample: the same guarantees hold
+        common += ["features.frames=true", "features.frames_size=32", "features.frames_per_clip=4"]
     ref = tmp_path / "ref"
     assert run_cli("prep", "--input", str(corpus), "--output", str(ref), *common).returncode == 0
 
@@ -296,6 +299,11 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert len(keys) == len(set(keys)) == 8  # no duplicates
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])  # same batch shape -> bit-identical
+    if frames:
+        got, want = _features(out, "frames.npy"), _features(ref, "frames.npy")
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert got[k].shape[1:] == (4, 32, 32, 3) and np.array_equal(got[k], want[k])
     assert not list(out.glob("*.tmp"))
 
 

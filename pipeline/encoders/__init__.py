@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, _build, deep_merge, parse_overrides
+from pipeline.config import ConfigError, deep_merge, load_config_dict, parse_overrides
 from pipeline.encoders.base import (
     EncoderOutput,
     VisualEncoder,
@@ -158,7 +158,7 @@ def encoder_settings(
     entry = ENCODERS.get(name)
     if isinstance(data, list):
         data = parse_overrides(data)
-    return _build(entry.settings_class, deep_merge({}, data or {}), prefix)
+    return load_config_dict(entry.settings_class, deep_merge({}, data or {}), prefix)
 
 
 def build_encoder(

@@ -99,7 +99,7 @@ class VisualEncoder(nn.Module):
         The single reducer place (issue 11): a model on top (the two-stream model) must not add its
         own TokenLearner over `tokens` when this is True.
         """
-        return self.settings.tokenlearner.enabled or self.settings.tome.enabled
+        return self.settings.reduces_tokens
 
     def preprocess(self, frames: Tensor | np.ndarray) -> Tensor:
         """uint8 [B, T, F, H, W, 3] RGB -> normalised float [B*T, 3, F', S, S] on the encoder.

@@ -77,6 +77,12 @@ class EncoderSettings:
     spt: bool = False  # Shifted Patch Tokenization for the patch embedding (methods.md 6.1)
     lsa: bool = False  # Locality Self-Attention: no self-attention, learned temperature (6.2)
 
+    @property
+    def reduces_tokens(self) -> bool:
+        """True when TokenLearner or ToMe reduce the tokens (the single reducer place, issue 11):
+        a model on top must then not add its own TokenLearner."""
+        return self.tokenlearner.enabled or self.tome.enabled
+
     def validate(self) -> None:
         check_range("frames", self.frames, -1, 4096)
         check_range("size", self.size, -1, 4096)
