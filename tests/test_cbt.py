@@ -3,6 +3,7 @@ real MiniLM. Shapes, gradients and save/load of every model: test_models.py."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from pipeline.models.cbt import CBTConfig, CBTForPretraining, CBTObjective, sample_cross_pairs
+from pipeline.models.settings import CBTObjectiveSettings
 
 FEAT = 32
 
@@ -81,10 +83,31 @@ def outputs(model: CBTForPretraining, batch: dict[str, torch.Tensor]) -> dict[st
 def test_objective_randomness_follows_torch_seed() -> None:
     model = tiny_model()
     batch = make_batch([8, 5, 3, 6], [6, 4, 2, 5])
+    fresh = copy.deepcopy(model)  # a training step also updates the feature statistics
     torch.manual_seed(7)
     first = CBTObjective()(model, batch)["loss"].item()
     torch.manual_seed(7)
-    assert CBTObjective()(model, batch)["loss"].item() == first
+    assert CBTObjective()(fresh, batch)["loss"].item() == first
+
+
+def test_default_keeps_the_text_tower_frozen(tmp_path) -> None:
+    """The paper's setting (methods.md 2.1): BERT frozen, w_text = 0, whole sentences to L_cross;
+    still frozen after a save / load round trip (transformers 5 swaps in fresh Parameters)."""
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    losses = CBTObjective()(model, make_batch([8, 5, 3, 0], [6, 4, 2, 5]))
+    assert losses["text"] == 0
+    losses["loss"].backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.text.parameters())
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    assert all(torch.equal(v, model.text.state_dict()[k]) for k, v in before.items())
+    assert model.feature_norm.count == 17  # every real clip of the training batch
+    model.save_pretrained(tmp_path)
+    loaded = CBTForPretraining.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in loaded.text.parameters())
+    assert all(p.requires_grad for p in loaded.cross_layers.parameters())
+    assert torch.equal(loaded.feature_norm.mean, model.feature_norm.mean)
 
 
 def test_padding_changes_nothing() -> None:
@@ -140,9 +163,11 @@ def test_overfits_one_batch() -> None:
     """Each term falls on a fixed batch with fresh masks every step. L_cross falls more slowly:
     telling matching (sentence, video) pairs apart is a pure interaction that one cross layer
     learns direction by direction, with plateaus (seen over seeds 0-7: end/start 0.13-0.63)."""
-    model = tiny_model(cross={"hidden": 64, "heads": 4, "intermediate": 128, "layers": 1})
+    model = tiny_model(
+        cross={"hidden": 64, "heads": 4, "intermediate": 128, "layers": 1}, freeze_text=False
+    )
     batch = make_batch([8, 5, 3, 6], [6, 4, 2, 5])
-    objective = CBTObjective()
+    objective = CBTObjective(CBTObjectiveSettings(w_text=1.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = []
     for _ in range(150):

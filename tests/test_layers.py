@@ -12,6 +12,7 @@ from pipeline.losses import nce_loss, nce_with_pool_negatives, soft_assignment, 
 from pipeline.models.layers import (
     CoAttentionLayer,
     MultiHeadAttention,
+    RunningFeatureNorm,
     TransformerBlock,
 )
 from pipeline.models.text import add_cls_sep
@@ -185,3 +186,33 @@ def test_add_cls_sep_rejects_non_prefix_mask() -> None:
         add_cls_sep(
             torch.ones(1, 3, dtype=torch.long), torch.tensor([[True, False, True]]), 1, 2, 0
         )
+
+
+def test_running_feature_norm_matches_the_statistics_of_every_clip_seen() -> None:
+    norm = RunningFeatureNorm(6)
+    x = torch.randn(3, 5, 6) * 1e-4 + 4e-4  # tiny scale, like random-init S3D features
+    assert torch.equal(norm(x), x)  # identity before any clip was seen
+    masks = [torch.rand(3, 5) < 0.6 for _ in range(4)]
+    batches = [x * (i + 1) for i in range(4)]
+    for batch, mask in zip(batches, masks, strict=True):
+        norm.update(batch, mask)
+    seen = torch.cat([b[m] for b, m in zip(batches, masks, strict=True)]).double()  # [n, 6]
+    assert norm.count == len(seen)
+    torch.testing.assert_close(norm.mean.double(), seen.mean(0), rtol=1e-5, atol=0)
+    std = seen.std(0)  # unbiased, as the module
+    torch.testing.assert_close(norm.divisor().double(), std * 6**0.5, rtol=1e-4, atol=0)
+    out = norm(seen.float())
+    torch.testing.assert_close(out.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.norm(dim=1).pow(2).mean(), torch.tensor(1.0), rtol=0.05, atol=0)
+    norm.update(torch.zeros(2, 6), torch.zeros(2, dtype=torch.bool))  # nothing real: no change
+    assert norm.count == len(seen)
+
+
+def test_running_feature_norm_floors_dead_dimensions() -> None:
+    norm = RunningFeatureNorm(4, floor=0.1)
+    x = torch.randn(50, 4)
+    x[:, 3] = 2.0  # a dimension that never varies
+    norm.update(x)
+    out = norm(x)
+    assert torch.isfinite(out).all() and out[:, 3].abs().max() < 1e-6
+    assert norm.divisor()[3] == pytest.approx(0.1 * float(x[:, :3].std(0).sum() / 4) * 2, rel=1e-4)

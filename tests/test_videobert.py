@@ -234,17 +234,65 @@ def test_negatives_come_from_other_videos_and_subsampling_keeps_every_sth_clip()
 
     # Misaligned pairs give alignment targets only: no MLM from the wrong context.
     all_negative = VideoBERTObjective(
-        Settings(p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0)
+        Settings(p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0, paired_negatives=False)
     )
     terms = all_negative(tiny_model(), segment_batch([5] * 4, [6] * 4, [0, 1, 2, 3]))
     assert terms["text"] == 0 and terms["video"] == 0 and terms["align"] > 0
 
-    mask = torch.arange(40)[None] < torch.tensor([40, 3, 1, 0])[:, None]
-    for _ in range(20):
+    mask = torch.arange(40)[None] < torch.tensor([40, 3, 1, 0, 2, 5])[:, None]
+    rates = set()
+    for _ in range(50):
         kept = objective.subsample_clips(mask)
         assert not (kept & ~mask).any() and (kept.any(1) == mask.any(1)).all()
         steps = kept[0].nonzero().squeeze(1).diff().unique()
         assert steps.numel() == 1 and 1 <= steps.item() <= 5
+        rates.add(steps.item())
+        # min_subsampled_clips = 2: short rows keep two clips (or all they have)
+        assert (kept.sum(1)[1:] >= torch.tensor([2, 1, 0, 2, 2])).all()
+        assert torch.equal(kept[4], mask[4])
+    assert rates == {1, 2, 3, 4, 5}  # a long row still draws every rate
+    paper = VideoBERTObjective(Settings(min_subsampled_clips=1))
+    assert any(paper.subsample_clips(mask)[1].sum() == 1 for _ in range(20))
+
+
+def test_paired_negatives_repeat_the_masked_text_with_another_videos_clips() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(dropout=0.0)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    objective = VideoBERTObjective(
+        Settings(p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0)
+    )
+    terms = objective(model, segment_batch([5] * 4, [6] * 4, [0, 1, 2, 3]))
+    ids = seen[0]  # [8, N]: 4 rows with their own clips, then one negative per row
+    assert ids.shape[0] == 8
+    text = slice(0, 1 + 5 + 1)  # [CLS] 5 words [>]
+    assert torch.equal(ids[4:, text], ids[:4, text])  # the same masked sentence
+    assert not torch.equal(ids[4:, 7:], ids[:4, 7:])  # other clips
+    # Positives keep their masked-LM terms; the alignment sees both members of each pair.
+    assert terms["text"] > 0 and terms["video"] > 0 and terms["align"] > 0
+
+
+def test_text_video_rows_keep_a_visible_clip() -> None:
+    torch.manual_seed(0)
+    tokens = torch.tensor([[4, 5, -1], [6, -1, -1], [7, 8, 9], [3, -1, -1]])
+    clip_mask = tokens >= 0
+    masked = torch.where(clip_mask, MASKED_VISUAL_WORD, tokens)  # every clip masked
+    labels = torch.where(clip_mask, tokens, -100)
+    rows = torch.tensor([True, True, True, False])  # row 3: video-only, its mask stays
+    for _ in range(10):
+        new_masked, new_labels = VideoBERTObjective.unmask_one_clip(
+            masked, labels, tokens, clip_mask, rows
+        )
+        restored = new_labels == -100
+        assert (restored & clip_mask).sum(1).tolist() == [1, 1, 1, 0]
+        assert torch.equal(new_masked[restored & clip_mask], tokens[restored & clip_mask])
+        assert torch.equal(new_masked[~restored], masked[~restored])
+    # Rows that already show a clip are left alone.
+    partly = labels.clone()
+    partly[2, 0] = -100
+    _, kept = VideoBERTObjective.unmask_one_clip(masked, partly, tokens, clip_mask, rows)
+    assert torch.equal(kept[2], partly[2])
 
 
 def test_project_centroids_keeps_geometry() -> None:

@@ -11,11 +11,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from pipeline.models.settings import ViLBERTObjectiveSettings
 from pipeline.models.vilbert import (
     ViLBERTConfig,
     ViLBERTForPretraining,
     ViLBERTObjective,
-    swap_in_other_video_text,
+    other_video_donors,
 )
 
 FEAT, WORDS, SLOTS = 32, 16, 4
@@ -176,7 +177,7 @@ def test_bad_layout_is_rejected() -> None:
 
 
 def test_objective_randomness_follows_torch_seed() -> None:
-    model = tiny_model()
+    model = tiny_model().eval()  # eval: the feature statistics stay as they are between calls
     batch = make_batch([8, 5, 3, 6], [6, 4, 2, 5])
     torch.manual_seed(3)
     first = ViLBERTObjective()(model, batch)["loss"].item()
@@ -232,17 +233,37 @@ def test_token_learner_needs_matching_maps() -> None:
 def test_negatives_come_from_other_videos() -> None:
     video_ids = torch.tensor([0, 0, 1, 2, 3, 3])
     eligible = torch.tensor([True, True, True, True, True, False])
-    text_ids = torch.arange(6)[:, None].expand(6, 4)  # row r holds the sentence "r r r r"
-    text_mask = torch.ones(6, 4, dtype=torch.bool)
     for _ in range(20):
-        ids, _, swapped = swap_in_other_video_text(text_ids, text_mask, video_ids, eligible, 0.5)
-        source = ids[:, 0]
-        assert not swapped[5] and source[5] == 5  # ineligible row keeps its sentence
-        assert torch.equal(source[~swapped], torch.arange(6)[~swapped])
-        assert (video_ids[source[swapped]] != video_ids[swapped]).all()
-        assert eligible[source[swapped]].all()
-    _, _, none = swap_in_other_video_text(text_ids, text_mask, video_ids, eligible, 0.0)
+        donor, swapped = other_video_donors(video_ids, eligible, 0.5)
+        assert not swapped[5]  # an ineligible row gets no negative
+        assert (video_ids[donor[swapped]] != video_ids[swapped]).all()
+        assert eligible[donor[swapped]].all()
+    _, none = other_video_donors(video_ids, eligible, 0.0)
     assert not none.any()
+
+
+def test_paired_negatives_differ_from_their_positive_in_the_sentence_only() -> None:
+    """Each paired negative is an extra row: its positive's clips (zeroed alike) with another
+    video's sentence; the extra rows carry no masked-word or masked-clip targets."""
+    model = tiny_model()
+    captured: list[dict] = []
+    handle = model.register_forward_hook(
+        lambda module, args, kwargs, out: captured.append(kwargs), with_kwargs=True
+    )
+    batch = make_batch([3, 2, 4, 2], [3, 2, 3, 1])
+    batch["video_ids"] = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    ViLBERTObjective(ViLBERTObjectiveSettings(negative_fraction=1.0))(model, batch)
+    handle.remove()
+    kw = captured[0]
+    rows = kw["text_ids"].shape[0]
+    assert rows == 8  # every row got a negative: 4 + 4
+    for extra in range(4, 8):
+        positive = extra - 4
+        assert torch.equal(kw["video_feats"][extra], kw["video_feats"][positive])
+        assert torch.equal(kw["zeroed_clips"][extra], kw["zeroed_clips"][positive])
+        assert not kw["masked_clips"][extra].any() and not kw["mlm_positions"][extra].any()
+        assert not torch.equal(kw["text_ids"][extra], kw["text_ids"][positive])
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,8 @@ class CBTSettings(ModelSettings):
     hidden_dropout: float = 0.1  # dropout in our own layers (BERT keeps its own)
     layer_norm_eps: float = 1e-12  # BERT's
     initializer_range: float = 0.02  # std of the normal init of our own layers (BERT's)
+    normalize_features: bool = True  # standardise clip features (layers.RunningFeatureNorm)
+    freeze_text: bool = True  # BERT frozen, as in the paper (methods.md 2.1); also when fine-tuning
 
     def validate(self) -> None:
         super().validate()
@@ -101,6 +103,7 @@ class ViLBERTSettings(ModelSettings):
     hidden_dropout: float = 0.1  # dropout in our own layers (BERT keeps its own)
     layer_norm_eps: float = 1e-12  # BERT's
     initializer_range: float = 0.02  # std of the normal init of our own layers (BERT's)
+    normalize_features: bool = True  # standardise clip features (layers.RunningFeatureNorm)
 
     def validate(self) -> None:
         super().validate()
@@ -152,10 +155,14 @@ class VideoBERTObjectiveSettings(ObjectiveSettings):
     p_text_only: float = 0.2  # share of rows in the text-only regime
     p_video_only: float = 0.2  # share of rows in the video-only regime
     negative_fraction: float = 0.5  # share of text-video rows given another video's clips
+    min_subsampled_clips: int = 2  # subsampling never leaves a row fewer clips than this
+    keep_visible_clip: bool = True  # text-video rows never have all their clips masked
+    paired_negatives: bool = True  # a negative is an extra row beside its positive (same text)
 
     def validate(self) -> None:
         super().validate()
         check_range("max_subsample", self.max_subsample, 0, 64)
+        check_range("min_subsampled_clips", self.min_subsampled_clips, 0, 64)
         _check_prob("p_text_only", self.p_text_only)
         _check_prob("p_video_only", self.p_video_only)
         _check_prob("negative_fraction", self.negative_fraction)
@@ -167,6 +174,7 @@ class VideoBERTObjectiveSettings(ObjectiveSettings):
 class CBTObjectiveSettings(ObjectiveSettings):
     """NCE settings of methods.md 2.1 (the negative sets are unverified there)."""
 
+    w_text: float = 0.0  # BERT frozen in the paper (CBTSettings.freeze_text): no L_bert
     nce_temperature: float = 0.1  # cosine scores / τ for the masked-clip NCE
     nce_max_negatives: int = 1024  # cap on the sampled clip negatives; 0 = every clip
     cross_max_negatives: int = 0  # other-video sentences scored per video; 0 = all of them
@@ -187,6 +195,7 @@ class ViLBERTObjectiveSettings(ObjectiveSettings):
     visual_target_temperature: float = 0.1  # τ of softmax(-d² / (τ median d²)), unit-free
     nce_temperature: float = 0.1  # masked-clip NCE when there is no visual vocabulary
     nce_max_negatives: int = 1024  # cap on the sampled clip negatives; 0 = every clip
+    paired_negatives: bool = True  # a negative is an extra row (same video, other sentence)
 
     def validate(self) -> None:
         super().validate()

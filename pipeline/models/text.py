@@ -107,6 +107,13 @@ class TextTower(nn.Module):
             config.hidden_size, config.vocab_size, config.layer_norm_eps
         )
         self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """No trainable parameter left, and forward builds no graph (nothing to backpropagate
+        into). Call again after `from_pretrained`, which swaps in Parameters that require grad."""
+        self.requires_grad_(False)
+        self.frozen = True
 
     @property
     def vocab_size(self) -> int:
@@ -134,7 +141,8 @@ class TextTower(nn.Module):
     def forward(self, text_ids: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         """ids [B, L], mask [B, L] -> BERT outputs [B, L+2, D] of `[CLS] words [SEP]`, mask."""
         ids, mask = self.frame(text_ids, text_mask)
-        return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """[..., D] -> [..., V] WordPiece logits (decoder tied to the word embeddings)."""

@@ -39,7 +39,7 @@ from pipeline.losses import (
     soft_target_kl,
 )
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
-from pipeline.models.layers import CoAttentionLayer, TransformerBlock
+from pipeline.models.layers import CoAttentionLayer, RunningFeatureNorm, TransformerBlock
 from pipeline.models.settings import ViLBERTObjectiveSettings, ViLBERTSettings
 from pipeline.models.text import TextTower, TiedMaskedLMHead
 
@@ -79,6 +79,9 @@ class ViLBERTForPretraining(VLPreTrainedModel):
             text_config, config.cls_token_id, config.sep_token_id, config.pad_token_id
         )
         # Visual embeddings (methods.md 3.4): position 0 is the IMG token, clip t is t+1.
+        self.feature_norm = (
+            RunningFeatureNorm(config.feat_dim) if settings.normalize_features else None
+        )
         self.clip_projection = nn.Linear(config.feat_dim, d_v)
         self.clip_positions = nn.Embedding(settings.max_clips + 1, d_v)
         self.visual_norm = nn.LayerNorm(d_v, eps=eps)
@@ -132,6 +135,9 @@ class ViLBERTForPretraining(VLPreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, ScenicMlp):
             module.reset_parameters()  # scenic's xavier init, after the generic Linear init
+        elif isinstance(module, RunningFeatureNorm):
+            for stat in (module.count, module.mean, module.m2):  # no clip seen yet: identity
+                init.zeros_(stat)
 
     def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
         """BERT weights into the text stream; centroids [V, F] (the faiss visual vocabulary)
@@ -142,14 +148,39 @@ class ViLBERTForPretraining(VLPreTrainedModel):
 
     # --- streams ----------------------------------------------------------------------------
 
+    def input_features(self, x: Tensor, zeroed_clips: Tensor | None = None) -> Tensor:
+        """Clip features [B, T, F] or maps [B, T, h, w, F] as the stream takes them: standardised
+        by `feature_norm` (when on), then zeroed at zeroed_clips Bool [B, T]. Zero after
+        standardising is the mean clip, an input that says nothing (methods.md 3.5 zeroes raw
+        region features, which are non-negative with unit-scale means; zeroing raw features of
+        another scale would put the masked clips far outside the data)."""
+        if self.feature_norm is not None:
+            x = self.feature_norm(x)
+        if zeroed_clips is not None:
+            keep = ~zeroed_clips.reshape(*zeroed_clips.shape, *([1] * (x.dim() - 2)))
+            x = x * keep.to(x.dtype)
+        return x
+
     def embed_video(
-        self, video_feats: Tensor, video_mask: Tensor, video_fmap: Tensor | None = None
+        self,
+        video_feats: Tensor,
+        video_mask: Tensor,
+        video_fmap: Tensor | None = None,
+        zeroed_clips: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, int]:
-        """feats [B, T, F], mask [B, T], optional fmap [B, T, h, w, F] -> visual input
-        [B, N_v, D_v], its mask [B, N_v] and S (tokens per clip; 1 without TokenLearner)."""
+        """feats [B, T, F], mask [B, T], optional fmap [B, T, h, w, F], zeroed_clips Bool [B, T]
+        (masked-clip modelling: fed as zeros, see `input_features`) -> visual input [B, N_v, D_v],
+        its mask [B, N_v] and S (tokens per clip; 1 without TokenLearner). In training mode the
+        real, unzeroed clips first update the feature statistics."""
         batch, num_clips, feat_dim = video_feats.shape
         if num_clips > self.max_clips:
             raise ValueError(f"{num_clips} clips exceed max_clips {self.max_clips}")
+        if self.feature_norm is not None and self.training:
+            seen = video_mask if zeroed_clips is None else video_mask & ~zeroed_clips
+            self.feature_norm.update(video_feats, seen)
+        video_feats = self.input_features(video_feats, zeroed_clips)
+        if video_fmap is not None:
+            video_fmap = self.input_features(video_fmap, zeroed_clips)
         weights = video_mask.to(video_feats.dtype)  # [B, T]
         count = weights.sum(1, keepdim=True).clamp_min(1.0)  # [B, 1]
         global_feat = (video_feats * weights[..., None]).sum(1) / count  # [B, F], IMG token
@@ -187,8 +218,10 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         video_feats: Tensor,
         video_mask: Tensor,
         video_fmap: Tensor | None = None,
+        zeroed_clips: Tensor | None = None,
     ) -> dict[str, Tensor | int]:
-        """Both streams with the co-attention layout of methods.md 3.2.
+        """Both streams with the co-attention layout of methods.md 3.2 (zeroed_clips: see
+        `embed_video`).
 
         Returns text_hidden [B, L+2, D_t], text_attention_mask [B, L+2], visual_hidden
         [B, N_v, D_v], visual_attention_mask [B, N_v], tokens_per_clip S.
@@ -200,7 +233,9 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         bert_mask = create_bidirectional_mask(
             config=bert.config, inputs_embeds=text, attention_mask=text_attention
         )
-        visual, visual_attention, per_clip = self.embed_video(video_feats, video_mask, video_fmap)
+        visual, visual_attention, per_clip = self.embed_video(
+            video_feats, video_mask, video_fmap, zeroed_clips
+        )
         text_layers, t_done, v_done = bert.encoder.layer, 0, 0
 
         def run_text(h: Tensor, start: int, stop: int) -> Tensor:
@@ -235,14 +270,15 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         video_fmap: Tensor | None = None,
         mlm_positions: Tensor | None = None,
         masked_clips: Tensor | None = None,
+        zeroed_clips: Tensor | None = None,
         **unused: Tensor,
     ) -> dict[str, Tensor]:
         """Streams + heads. Adds to `run_streams`: clip_hidden [B, T, D_v] (mean of each clip's
         S tokens), pooled [B, bi_hidden] (pooled_t ⊙ pooled_v), alignment_logits [B, 2];
         mlm_logits [M_t, vocab] at mlm_positions Bool [B, L]; clip_predictions [M, V or F] at
-        masked_clips Bool [B, T] (row-major)."""
+        masked_clips Bool [B, T] (row-major); zeroed_clips Bool [B, T] are fed as zeros."""
         fmap = video_fmap if self.token_learner is not None else None
-        out = self.run_streams(text_ids, text_mask, video_feats, video_mask, fmap)
+        out = self.run_streams(text_ids, text_mask, video_feats, video_mask, fmap, zeroed_clips)
         text_h, visual_h = out["text_hidden"], out["visual_hidden"]
         batch, num_clips = video_mask.shape
         per_clip = out.pop("tokens_per_clip")
@@ -290,28 +326,32 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         return self.text.mlm_logits(text_h)
 
 
-def swap_in_other_video_text(
-    text_ids: Tensor, text_mask: Tensor, video_ids: Tensor, eligible: Tensor, prob: float
-) -> tuple[Tensor, Tensor, Tensor]:
+def other_video_donors(video_ids: Tensor, eligible: Tensor, prob: float) -> tuple[Tensor, Tensor]:
     """Alignment negatives (methods.md 3.5, `random_cap`): with probability `prob` an eligible
-    row takes the sentence of a random eligible row from another video (never its own video).
+    row gets the sentence of a random eligible row from another video (never its own video).
 
-    text_ids / text_mask [B, L], video_ids [B], eligible Bool [B]. Returns (ids [B, L],
-    mask [B, L], swapped Bool [B]). Rows with no donor stay aligned.
+    video_ids [B], eligible Bool [B] -> (donor Long [B], the row whose sentence it would take;
+    swapped Bool [B], the rows that get a negative). Rows with no possible donor get none.
     """
     batch = video_ids.shape[0]
     donors = (video_ids[:, None] != video_ids[None, :]) & eligible[None, :]  # [B, B]
     donor = torch.rand(batch, batch, device=video_ids.device).masked_fill(~donors, -1.0).argmax(1)
     swapped = (torch.rand(batch, device=video_ids.device) < prob) & eligible & donors.any(1)
-    ids = torch.where(swapped[:, None], text_ids[donor], text_ids)  # [B, L]
-    mask = torch.where(swapped[:, None], text_mask[donor], text_mask)  # [B, L]
-    return ids, mask, swapped
+    return donor, swapped
 
 
 class ViLBERTObjective:
     """`w_text·L_mlm + w_video·L_visual + w_align·L_align` (methods.md 3.5; the reference sums
     them unweighted). As in the reference, the masked terms are computed on every row, the
-    misaligned ones included."""
+    misaligned ones included, unless negatives are paired.
+
+    `paired_negatives` (default; issue 9): a negative is an extra row, the video of a row again
+    with the sentence of another video, instead of replacing that row's sentence (the reference,
+    `paired_negatives=False`). Both members of a pair show the same clips, zeroed alike, so the
+    only difference the alignment head can learn from is the sentence; the extra rows carry the
+    alignment loss only. Clip features are standardised inside the model
+    (`ViLBERTSettings.normalize_features`) and masked clips zeroed after that (`input_features`).
+    """
 
     def __init__(self, settings: ViLBERTObjectiveSettings | None = None) -> None:
         self.settings = settings or ViLBERTObjectiveSettings()
@@ -319,51 +359,70 @@ class ViLBERTObjective:
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
         core = getattr(model, "module", model)  # config and buffers of a DDP-wrapped model
         cfg, s = core.config, self.settings
-        video_feats, video_mask = batch["video_feats"], batch["video_mask"]
+        video_mask = batch["video_mask"]
+        rows = torch.arange(video_mask.shape[0], device=video_mask.device)
         eligible = batch["text_mask"].any(1) & video_mask.any(1)  # [B]
-        text_ids, text_mask, swapped = swap_in_other_video_text(
-            batch["text_ids"], batch["text_mask"], batch["video_ids"], eligible, s.negative_fraction
-        )
+        donor, swapped = other_video_donors(batch["video_ids"], eligible, s.negative_fraction)
+        # Row r shows the sentence of row text_src[r] with the video of row video_src[r].
+        if s.paired_negatives:
+            extra = swapped.nonzero(as_tuple=True)[0]  # [E]
+            text_src, video_src = torch.cat([rows, donor[extra]]), torch.cat([rows, extra])
+        else:
+            text_src, video_src = torch.where(swapped, donor, rows), rows
+        negative = text_src != video_src  # [R]
+        extra_row = torch.zeros(len(text_src), dtype=torch.bool, device=rows.device)
+        extra_row[len(rows) :] = True  # paired negatives: alignment loss only
+        text_mask = batch["text_mask"][text_src]
         masked_ids, text_labels = mask_tokens(
-            text_ids, text_mask, cfg.mask_token_id, core.text.vocab_size, s.mask_prob
+            batch["text_ids"][text_src],
+            text_mask,
+            cfg.mask_token_id,
+            core.text.vocab_size,
+            s.mask_prob,
         )
+        text_labels[extra_row] = -100
         # mask_tokens only chooses the clips here; the 90% / 10% split follows random_region.
         _, clip_labels = mask_tokens(
             torch.zeros_like(video_mask, dtype=torch.long), video_mask, 0, 1, s.clip_mask_prob
         )
         chosen = clip_labels >= 0  # [B, T]
         zeroed = chosen & (torch.rand(chosen.shape, device=chosen.device) < s.clip_zero_prob)
-        feats_in = video_feats.masked_fill(zeroed[..., None], 0.0)
+        # A pair shows the same clips, zeroed alike; only the positive predicts them.
+        video_feats, video_mask = batch["video_feats"][video_src], video_mask[video_src]
+        chosen, zeroed = chosen[video_src] & ~extra_row[:, None], zeroed[video_src]
         fmap = batch.get("video_fmap")
-        if fmap is not None:
-            fmap = fmap.masked_fill(zeroed[:, :, None, None, None], 0.0)
         out = model(
             text_ids=masked_ids,
             text_mask=text_mask,
-            video_feats=feats_in,
+            video_feats=video_feats,
             video_mask=video_mask,
-            video_fmap=fmap,
+            video_fmap=None if fmap is None else fmap[video_src],
             mlm_positions=text_labels >= 0,
             masked_clips=chosen,
+            zeroed_clips=zeroed,  # the model zeroes them after standardising (input_features)
         )
         loss_mlm = cross_entropy_or_zero(out["mlm_logits"], text_labels[text_labels >= 0])
         predictions = out["clip_predictions"].float()  # [M, V] or [M, F]
         if cfg.num_visual_words > 0:
             targets = soft_assignment(
                 video_feats[chosen], core.centroids, s.visual_target_temperature, relative=True
-            )  # [M, V], from the unmasked features
+            )  # [M, V], from the unmasked (raw: the centroids' space) features
             loss_visual = soft_target_kl(predictions, targets)
         else:
-            valid_index = torch.cumsum(video_mask.flatten().long(), 0) - 1  # [B*T]
+            pool = video_mask & ~extra_row[:, None]  # a paired copy is no negative of itself
+            valid_index = torch.cumsum(pool.flatten().long(), 0) - 1  # [R*T]
+            # Targets in the standardised space: raw random-init S3D features all share one
+            # dominant direction, so their cosines are ~1 and tell clips apart by ~1e-3.
             loss_visual = nce_with_pool_negatives(
                 predictions,
-                video_feats[video_mask].float(),  # [N, F], every valid clip's own feature
+                core.input_features(video_feats)[pool].float(),  # [N, F], every clip's own
                 valid_index[chosen.flatten()],
                 s.nce_temperature,
                 s.nce_max_negatives,
             )
-        logits = out["alignment_logits"][eligible].float()  # [B', 2]
-        aligned = (~swapped[eligible]).long()  # [B']
+        eligible = eligible[video_src]  # [R]
+        logits = out["alignment_logits"][eligible].float()  # [R', 2]
+        aligned = (~negative[eligible]).long()  # [R']
         loss_align = cross_entropy_or_zero(logits, aligned)
         if logits.shape[0]:
             accuracy = (logits.argmax(1) == aligned).float().mean()
