@@ -212,3 +212,23 @@ def test_pretrain_evaluate_logs_the_evidence_and_reads_heldout_once(heldout, tin
     assert first == second
     assert {"heldout_loss", "matching_accuracy", "video_dependence", "pairs"} <= first.keys()
     assert first["pairs"] == 12 * 4
+
+
+def test_report_states_the_last_evidence_and_plots_it(tmp_path) -> None:
+    from pipeline.io import append_jsonl
+    from vlpipe.report import evidence_line, plot_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert evidence_line(run) == ""
+    for step in (1, 2):
+        append_jsonl(run / "metrics.jsonl", {"step": step, "loss": 3.0 - step, "text": 1.0})
+    for step, acc in ((1, 52.0), (2, 61.25)):
+        evals = {"matching_accuracy": acc, "pairs": 40.0, "video_dependence": 0.25 * step}
+        append_jsonl(
+            run / "metrics.jsonl", {"step": step, **{f"eval/{k}": v for k, v in evals.items()}}
+        )
+    line = evidence_line(run)
+    assert "step 2" in line and "61.2 %" in line and "40 pairs" in line and "+0.500 nats" in line
+    assert plot_training(run, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
