@@ -87,6 +87,7 @@ class PretrainTask(Task):
                 f"{self.feat_dim}-wide features in {cfg.data.shards}"
             )
         self.objective = build_objective(cfg.model.name, cfg.objective)
+        self._heldout: list[dict[str, torch.Tensor]] | None = None  # read at the first evaluate
 
     def build_model(self) -> nn.Module:
         return build_model(
@@ -110,26 +111,40 @@ class PretrainTask(Task):
         return int(batch["text_mask"].sum() + batch["video_mask"].sum())
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        """The objective's terms on one pass over the held-out shards (data.heldout), with the
-        same masks and negatives at every evaluation (a fixed seed inside the engine's forked
-        RNG), so the curve shows the model, not the draw."""
+        """On the held-out shards (data.heldout): the objective's terms (`heldout_*`) and the
+        evidence of video use (pretrain/evidence.py: `matching_accuracy`, `video_dependence`,
+        ...). Masks and negatives are the same at every evaluation (a fixed seed inside the
+        engine's forked RNG; the evidence has its own generator), so the curve shows the model,
+        not the draw. The held-out batches are read once and kept (a few MB for a val split)."""
         if not self.cfg.data.heldout:
             return {}
-        # Held-out shards have no token sidecars: their visual words are the nearest centroids.
-        data = dataclasses.replace(self.cfg.data, shards=self.cfg.data.heldout, vocab=None)
+        from pretrain.evidence import evidence, heldout_batches
+
+        if self._heldout is None:
+            # Held-out shards have no token sidecars: their visual words are the nearest centroids.
+            data = dataclasses.replace(self.cfg.data, shards=self.cfg.data.heldout)
+            try:
+                self._heldout = heldout_batches(
+                    data, self.text_model, self.centroids, self.cfg.seed
+                )
+            except ValueError as e:  # no segment there: train on, say why nothing is logged
+                log.warning("data.heldout: nothing to evaluate: %s", e)
+                self._heldout = []
+        if not self._heldout:
+            return {}
         torch.manual_seed(self.cfg.seed)
         sums: dict[str, float] = {}
-        count = 0
-        stream = SegmentStream(
-            data, self.text_model, self.cfg.seed, epochs=1, centroids=self.centroids
-        )
-        for batch in stream:
+        for batch in self._heldout:
             for k, v in self.objective(model, batch).items():
                 value = float(v)
                 if value == value:  # NaN: a term with no eligible row in this batch
                     sums[k] = sums.get(k, 0.0) + value
-            count += 1
-        return {f"heldout_{k}": v / max(count, 1) for k, v in sums.items()}
+        out = {f"heldout_{k}": v / len(self._heldout) for k, v in sums.items()}
+        try:
+            out.update(evidence(model, self._heldout, seed=self.cfg.seed))
+        except ValueError as e:  # e.g. a held-out split of one video: no negatives to draw
+            log.warning("no evidence of video use on %s: %s", self.cfg.data.heldout, e)
+        return out
 
     def export(self, model: nn.Module, out: Path) -> None:
         """Weights + config.json, the tokenizer, the visual vocabulary, the pretraining config."""

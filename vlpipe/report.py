@@ -12,6 +12,8 @@ from pipeline.io import read_jsonl
 
 # Records of metrics.jsonl that are not loss terms.
 NOT_LOSSES = ("step", "epoch", "lr", "samples_per_s", "tokens_per_s", "mfu")
+# Evaluation records that are counts (of pairs, of masked words), not curves worth plotting.
+EVAL_COUNTS = ("eval/pairs", "eval/masked")
 # Fine-tuning metric shown per task (and the unit it is in).
 HEADLINE = {"qa": "accuracy", "mc": "accuracy", "caption": "CIDEr", "classify": "top1"}
 
@@ -44,19 +46,44 @@ def plot_training(run_dir: Path, png: Path) -> bool:
     ax.grid(alpha=0.3)
     if evals:
         ax = axes[0, 1]
-        keys = sorted({k for r in evals for k in r if k.startswith("eval/")})
+        keys = sorted({k for r in evals for k in r if k.startswith("eval/")} - set(EVAL_COUNTS))
+        # Matching accuracy is a percentage (chance 50): its own axis, so the nats stay legible.
+        percent = ax.twinx() if "eval/matching_accuracy" in keys else None
         for key in keys:
-            ax.plot(
-                [r["step"] for r in evals], [r.get(key) for r in evals], marker="o", label=key[5:]
+            target = percent if key == "eval/matching_accuracy" else ax
+            target.plot(
+                [r["step"] for r in evals],
+                [r.get(key) for r in evals],
+                marker="o",
+                color="black" if target is percent else None,
+                label=key[5:],
             )
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("held-out (val) evidence")
+        ax.set_ylabel("held-out (val) losses, video dependence (nats)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+        if percent is not None:
+            percent.set_ylabel("matching accuracy (%, black; dotted: chance 50)")
+            percent.set_ylim(0, 100)
+            percent.axhline(50, color="black", linestyle=":", linewidth=1)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return True
+
+
+def evidence_line(run_dir: Path) -> str:
+    """The last held-out evidence of the run (pretrain/evidence.py), one sentence; "" if none."""
+    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval/matching_accuracy" in r]
+    if not evals:
+        return ""
+    r = evals[-1]
+    return (
+        f"Held-out evidence at step {r['step']} (val videos): matching accuracy "
+        f"{r['eval/matching_accuracy']:.1f} % over {r['eval/pairs']:.0f} pairs (chance 50), "
+        f"video dependence {r['eval/video_dependence']:+.3f} nats (0: the words are predicted "
+        "without the video). One seed: `benchmarks/bench_learning.py` gives mean ± std over seeds."
+    )
 
 
 def plot_finetune(finetune: dict[str, dict[str, Any]], png: Path) -> None:
@@ -194,6 +221,8 @@ def render_report(
         "sentence against the same sentence with another video's clips; chance 50 %) and video "
         "dependence (masked-word loss with another video's clips minus with its own; > 0 when "
         "the model reads the words from the video).",
+        "",
+        evidence_line(run_dir),
         "",
         f"## Zero-shot action classification ({zeroshot['segments']} segments of "
         f"{zeroshot['videos']} test videos)",
