@@ -324,3 +324,18 @@ def test_real_minilm_checkpoint() -> None:
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
     assert gradless(model) == []
+
+
+def test_pairwise_alignment_ranks_each_positive_over_its_negative() -> None:
+    """align_loss=pairwise: -log softmax over (positive, its paired negative) of the log-odds;
+    0 pairs -> NaN accuracy and a zero loss that keeps the graph."""
+    model = tiny_model().eval()
+    batch = make_batch([3, 2, 4, 2], [3, 2, 3, 1])
+    settings = ViLBERTObjectiveSettings(negative_fraction=1.0, align_loss="pairwise")
+    torch.manual_seed(0)
+    terms = ViLBERTObjective(settings)(model, batch)
+    assert terms["align"] > 0 and 0.0 <= terms["align_acc"] <= 1.0
+    alone = make_batch([3], [2])  # one video: no negative to pair with
+    terms = ViLBERTObjective(settings)(model, alone)
+    assert terms["align"] == 0 and torch.isnan(terms["align_acc"])
+    terms["loss"].backward()

@@ -104,10 +104,13 @@ class ViLBERTSettings(ModelSettings):
     layer_norm_eps: float = 1e-12  # BERT's
     initializer_range: float = 0.02  # std of the normal init of our own layers (BERT's)
     normalize_features: bool = True  # standardise clip features (layers.RunningFeatureNorm)
+    pooling: str = "cls"  # alignment input: "cls" ([CLS] / IMG token, reference) or "mean"
 
     def validate(self) -> None:
         super().validate()
         check_range("bi_hidden", self.bi_hidden, 0)
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling: expected 'cls' or 'mean', got {self.pooling!r}")
         check_range("num_learned_tokens", self.num_learned_tokens, 0, 1024)
         _check_prob("hidden_dropout", self.hidden_dropout)
         if self.bi_hidden % self.bi_heads:
@@ -196,10 +199,17 @@ class ViLBERTObjectiveSettings(ObjectiveSettings):
     nce_temperature: float = 0.1  # masked-clip NCE when there is no visual vocabulary
     nce_max_negatives: int = 1024  # cap on the sampled clip negatives; 0 = every clip
     paired_negatives: bool = True  # a negative is an extra row (same video, other sentence)
+    align_loss: str = (
+        "bce"  # "bce": per row (reference); "pairwise": positive ranked over its negative
+    )
 
     def validate(self) -> None:
         super().validate()
         _check_prob("clip_zero_prob", self.clip_zero_prob)
+        if self.align_loss not in ("bce", "pairwise"):
+            raise ConfigError(f"align_loss: expected 'bce' or 'pairwise', got {self.align_loss!r}")
+        if self.align_loss == "pairwise" and not self.paired_negatives:
+            raise ConfigError("align_loss: 'pairwise' needs paired_negatives=true")
         _check_prob("negative_fraction", self.negative_fraction)
         check_range("visual_target_temperature", self.visual_target_temperature, 0)
         check_range("nce_temperature", self.nce_temperature, 0)

@@ -34,6 +34,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from pipeline.encoders.tokenlearner import ScenicMlp, TokenLearnerV11
 from pipeline.losses import (
     cross_entropy_or_zero,
+    nce_loss,
     nce_with_pool_negatives,
     soft_assignment,
     soft_target_kl,
@@ -127,6 +128,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
             self.register_buffer("centroids", torch.zeros(config.num_visual_words, config.feat_dim))
         self.layout = (settings.t_biattention_id, settings.v_biattention_id)
         self.max_clips = settings.max_clips
+        self.pooling = settings.pooling
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -181,9 +183,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         video_feats = self.input_features(video_feats, zeroed_clips)
         if video_fmap is not None:
             video_fmap = self.input_features(video_fmap, zeroed_clips)
-        weights = video_mask.to(video_feats.dtype)  # [B, T]
-        count = weights.sum(1, keepdim=True).clamp_min(1.0)  # [B, 1]
-        global_feat = (video_feats * weights[..., None]).sum(1) / count  # [B, F], IMG token
+        global_feat = masked_mean(video_feats, video_mask)  # [B, F], IMG token
         learned = self.token_learner is not None and video_fmap is not None
         if learned:
             if video_fmap.shape[:2] != video_feats.shape[:2] or video_fmap.shape[-1] != feat_dim:
@@ -284,8 +284,13 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         per_clip = out.pop("tokens_per_clip")
         clip_tokens = visual_h[:, 1:].reshape(batch, num_clips, per_clip, -1)  # [B, T, S, D_v]
         out["clip_hidden"] = clip_tokens.mean(2)  # [B, T, D_v]
-        pooled_t = F.relu(self.text_pooler(text_h[:, 0]))  # [B, bi], [CLS]
-        pooled_v = F.relu(self.visual_pooler(visual_h[:, 0]))  # [B, bi], IMG token
+        if self.pooling == "mean":  # over the real tokens of each stream
+            text_in = masked_mean(text_h, out["text_attention_mask"])  # [B, D_t]
+            visual_in = masked_mean(visual_h, out["visual_attention_mask"])  # [B, D_v]
+        else:  # the reference: [CLS] and the IMG token
+            text_in, visual_in = text_h[:, 0], visual_h[:, 0]
+        pooled_t = F.relu(self.text_pooler(text_in))  # [B, bi]
+        pooled_v = F.relu(self.visual_pooler(visual_in))  # [B, bi]
         out["pooled"] = pooled_t * pooled_v  # fusion "mul" (methods.md 3.5)
         out["alignment_logits"] = self.alignment_head(self.pooled_dropout(out["pooled"]))
         if mlm_positions is not None:
@@ -324,6 +329,12 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         """[B, L, vocab] text-stream MLM logits given the video."""
         text_h = self(**batch)["text_hidden"][:, 1:-1]  # [B, L, D_t]
         return self.text.mlm_logits(text_h)
+
+
+def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """h [B, N, D], mask Bool [B, N] -> mean of the real positions [B, D]."""
+    weights = mask.to(h.dtype)[..., None]  # [B, N, 1]
+    return (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def other_video_donors(video_ids: Tensor, eligible: Tensor, prob: float) -> tuple[Tensor, Tensor]:
@@ -420,14 +431,22 @@ class ViLBERTObjective:
                 s.nce_temperature,
                 s.nce_max_negatives,
             )
-        eligible = eligible[video_src]  # [R]
-        logits = out["alignment_logits"][eligible].float()  # [R', 2]
-        aligned = (~negative[eligible]).long()  # [R']
-        loss_align = cross_entropy_or_zero(logits, aligned)
-        if logits.shape[0]:
-            accuracy = (logits.argmax(1) == aligned).float().mean()
+        if s.align_loss == "pairwise":
+            # Log-odds of each paired negative (rows B..R-1) against its positive (video_src).
+            logits = out["alignment_logits"].float()
+            score = logits[:, 1] - logits[:, 0]  # [R]
+            positive, negative_score = score[video_src[len(rows) :]], score[len(rows) :]  # [E]
+            loss_align = nce_loss(positive, negative_score[:, None])
+            accuracy = (positive > negative_score).float().mean()  # NaN without pairs
         else:
-            accuracy = torch.tensor(float("nan"), device=logits.device)
+            eligible = eligible[video_src]  # [R]
+            logits = out["alignment_logits"][eligible].float()  # [R', 2]
+            aligned = (~negative[eligible]).long()  # [R']
+            loss_align = cross_entropy_or_zero(logits, aligned)
+            if logits.shape[0]:
+                accuracy = (logits.argmax(1) == aligned).float().mean()
+            else:
+                accuracy = torch.tensor(float("nan"), device=logits.device)
         loss = s.w_text * loss_mlm + s.w_video * loss_visual + s.w_align * loss_align
         return {
             "loss": loss,
