@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForPreTraining, BertModel, BertTokenizer
 
+from pipeline.config import ConfigError
 from pipeline.models.settings import VideoBERTObjectiveSettings as Settings
 from pipeline.models.videobert import (
     MASKED_VISUAL_WORD,
@@ -385,3 +386,22 @@ def test_from_minilm_checkpoint() -> None:
     with torch.no_grad():
         logits = model.eval().masked_text_logits(batch)
     assert logits.shape == (1, text_ids.shape[1], tokenizer.vocab_size)
+
+
+def test_pairwise_alignment_loss_ranks_each_positive_over_its_negative() -> None:
+    """align_loss=pairwise: -log softmax(positive, its negative) of the alignment logits; the
+    accuracy is the share of pairs ranked right. It needs paired negatives."""
+    torch.manual_seed(0)
+    model = tiny_model(dropout=0.0)
+    settings = Settings(
+        p_text_only=0.0, p_video_only=0.0, negative_fraction=1.0, align_loss="pairwise"
+    )
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.pooler_output))
+    terms = VideoBERTObjective(settings)(model, segment_batch([5] * 4, [6] * 4, [0, 1, 2, 3]))
+    logits = model.alignment_head(seen[0]).squeeze(-1).detach()  # [8]: 4 positives, 4 negatives
+    expected = torch.nn.functional.softplus(logits[4:] - logits[:4]).mean()
+    torch.testing.assert_close(terms["align"], expected)
+    assert terms["align_acc"] == (logits[:4] > logits[4:]).float().mean()
+    with pytest.raises(ConfigError, match="align_loss"):
+        Settings(paired_negatives=False, align_loss="pairwise").validate()

@@ -242,9 +242,11 @@ def test_negatives_come_from_other_videos() -> None:
     assert not none.any()
 
 
-def test_paired_negatives_differ_from_their_positive_in_the_sentence_only() -> None:
-    """Each paired negative is an extra row: its positive's clips (zeroed alike) with another
-    video's sentence; the extra rows carry no masked-word or masked-clip targets."""
+@pytest.mark.parametrize("swaps", ["text", "video"])
+def test_paired_negatives_differ_from_their_positive_in_what_is_swapped(swaps: str) -> None:
+    """Each paired negative is an extra row: its positive with another video's sentence
+    (swaps=text) or clips (swaps=video), masked alike otherwise; the extra rows carry no
+    masked-word or masked-clip targets."""
     model = tiny_model()
     captured: list[dict] = []
     handle = model.register_forward_hook(
@@ -253,17 +255,20 @@ def test_paired_negatives_differ_from_their_positive_in_the_sentence_only() -> N
     batch = make_batch([3, 2, 4, 2], [3, 2, 3, 1])
     batch["video_ids"] = torch.tensor([0, 1, 2, 3])
     torch.manual_seed(0)
-    ViLBERTObjective(ViLBERTObjectiveSettings(negative_fraction=1.0))(model, batch)
+    settings = ViLBERTObjectiveSettings(negative_fraction=1.0, negative_swaps=swaps)
+    ViLBERTObjective(settings)(model, batch)
     handle.remove()
     kw = captured[0]
     rows = kw["text_ids"].shape[0]
     assert rows == 8  # every row got a negative: 4 + 4
     for extra in range(4, 8):
         positive = extra - 4
-        assert torch.equal(kw["video_feats"][extra], kw["video_feats"][positive])
-        assert torch.equal(kw["zeroed_clips"][extra], kw["zeroed_clips"][positive])
+        same_video = torch.equal(kw["video_feats"][extra], kw["video_feats"][positive])
+        same_text = torch.equal(kw["text_ids"][extra], kw["text_ids"][positive])
+        assert (same_video, same_text) == ((True, False) if swaps == "text" else (False, True))
+        if swaps == "text":
+            assert torch.equal(kw["zeroed_clips"][extra], kw["zeroed_clips"][positive])
         assert not kw["masked_clips"][extra].any() and not kw["mlm_positions"][extra].any()
-        assert not torch.equal(kw["text_ids"][extra], kw["text_ids"][positive])
 
 
 @pytest.mark.parametrize(

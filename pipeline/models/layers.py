@@ -41,6 +41,10 @@ class MultiHeadAttention(nn.Module):
     query [B, Nq, query_dim], context [B, Nk, context_dim], key_mask Bool [B, Nk] (True = real).
     Returns the per-head contexts concatenated, [B, Nq, hidden_dim], *without* an output
     projection: the caller owns it (BertSelfOutput / BertBiOutput, methods.md 3.3).
+
+    `add_zero_attn` (torch.nn.MultiheadAttention's option of that name) appends a key and value
+    of zeros: a query may then attend to "nothing" (score 0), so how well it matches the real
+    keys shows in the size of its output instead of being normalised away by the softmax.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class MultiHeadAttention(nn.Module):
         hidden_dim: int,
         num_heads: int,
         dropout: float = 0.0,
+        add_zero_attn: bool = False,
     ) -> None:
         super().__init__()
         if hidden_dim % num_heads:
@@ -60,6 +65,7 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(context_dim, hidden_dim)
         self.value = nn.Linear(context_dim, hidden_dim)
         self.dropout = dropout
+        self.add_zero_attn = add_zero_attn
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
@@ -70,6 +76,9 @@ class MultiHeadAttention(nn.Module):
         q = self._split_heads(self.query(query))  # [B, H, Nq, Dh]
         k = self._split_heads(self.key(context))  # [B, H, Nk, Dh]
         v = self._split_heads(self.value(context))  # [B, H, Nk, Dh]
+        if self.add_zero_attn:  # one more key and value, all zeros, never padded
+            k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # [B, H, Nk+1, Dh]
+            key_mask = F.pad(key_mask, (0, 1), value=True)  # [B, Nk+1]
         bias = key_padding_bias(key_mask, q.dtype)  # [B, 1, 1, Nk]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
@@ -135,9 +144,12 @@ class CrossAttentionHalf(nn.Module):
         intermediate_dim: int,
         dropout: float = 0.1,
         eps: float = 1e-12,
+        add_zero_attn: bool = False,
     ) -> None:
         super().__init__()
-        self.attention = MultiHeadAttention(own_dim, other_dim, bi_hidden, num_heads, dropout)
+        self.attention = MultiHeadAttention(
+            own_dim, other_dim, bi_hidden, num_heads, dropout, add_zero_attn
+        )
         self.output = nn.Linear(bi_hidden, own_dim)  # dense1 / dense2 of BertBiOutput
         self.norm = nn.LayerNorm(own_dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
@@ -169,13 +181,14 @@ class CoAttentionLayer(nn.Module):
         intermediate_b: int,
         dropout: float = 0.1,
         eps: float = 1e-12,
+        add_zero_attn: bool = False,
     ) -> None:
         super().__init__()
         self.to_a = CrossAttentionHalf(
-            dim_a, dim_b, bi_hidden, num_heads, intermediate_a, dropout, eps
+            dim_a, dim_b, bi_hidden, num_heads, intermediate_a, dropout, eps, add_zero_attn
         )
         self.to_b = CrossAttentionHalf(
-            dim_b, dim_a, bi_hidden, num_heads, intermediate_b, dropout, eps
+            dim_b, dim_a, bi_hidden, num_heads, intermediate_b, dropout, eps, add_zero_attn
         )
 
     def forward(

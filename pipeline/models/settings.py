@@ -28,6 +28,13 @@ def _check_prob(key: str, value: float, zero_ok: bool = True) -> None:
         raise ConfigError(f"{key}: must be in {bound}, got {value}")
 
 
+def _check_align_loss(align_loss: str, paired_negatives: bool) -> None:
+    if align_loss not in ("bce", "pairwise"):
+        raise ConfigError(f"align_loss: expected 'bce' or 'pairwise', got {align_loss!r}")
+    if align_loss == "pairwise" and not paired_negatives:
+        raise ConfigError("align_loss: 'pairwise' needs paired_negatives=true")
+
+
 # --------------------------------------------------------------------------------- models
 
 
@@ -105,6 +112,7 @@ class ViLBERTSettings(ModelSettings):
     initializer_range: float = 0.02  # std of the normal init of our own layers (BERT's)
     normalize_features: bool = True  # standardise clip features (layers.RunningFeatureNorm)
     pooling: str = "cls"  # alignment input: "cls" ([CLS] / IMG token, reference) or "mean"
+    add_zero_attn: bool = False  # co-attention may attend to a zero key/value (layers.py)
 
     def validate(self) -> None:
         super().validate()
@@ -161,11 +169,13 @@ class VideoBERTObjectiveSettings(ObjectiveSettings):
     min_subsampled_clips: int = 2  # subsampling never leaves a row fewer clips than this
     keep_visible_clip: bool = True  # text-video rows never have all their clips masked
     paired_negatives: bool = True  # a negative is an extra row beside its positive (same text)
+    align_loss: str = "bce"  # "bce": per row; "pairwise": positive ranked over its negative
 
     def validate(self) -> None:
         super().validate()
         check_range("max_subsample", self.max_subsample, 0, 64)
         check_range("min_subsampled_clips", self.min_subsampled_clips, 0, 64)
+        _check_align_loss(self.align_loss, self.paired_negatives)
         _check_prob("p_text_only", self.p_text_only)
         _check_prob("p_video_only", self.p_video_only)
         _check_prob("negative_fraction", self.negative_fraction)
@@ -198,7 +208,8 @@ class ViLBERTObjectiveSettings(ObjectiveSettings):
     visual_target_temperature: float = 0.1  # τ of softmax(-d² / (τ median d²)), unit-free
     nce_temperature: float = 0.1  # masked-clip NCE when there is no visual vocabulary
     nce_max_negatives: int = 1024  # cap on the sampled clip negatives; 0 = every clip
-    paired_negatives: bool = True  # a negative is an extra row (same video, other sentence)
+    paired_negatives: bool = True  # a negative is an extra row beside its positive
+    negative_swaps: str = "text"  # paired: "text" (reference random_cap) or "video" (its clips)
     align_loss: str = (
         "bce"  # "bce": per row (reference); "pairwise": positive ranked over its negative
     )
@@ -206,10 +217,11 @@ class ViLBERTObjectiveSettings(ObjectiveSettings):
     def validate(self) -> None:
         super().validate()
         _check_prob("clip_zero_prob", self.clip_zero_prob)
-        if self.align_loss not in ("bce", "pairwise"):
-            raise ConfigError(f"align_loss: expected 'bce' or 'pairwise', got {self.align_loss!r}")
-        if self.align_loss == "pairwise" and not self.paired_negatives:
-            raise ConfigError("align_loss: 'pairwise' needs paired_negatives=true")
+        if self.negative_swaps not in ("text", "video"):
+            raise ConfigError(
+                f"negative_swaps: expected 'text' or 'video', got {self.negative_swaps!r}"
+            )
+        _check_align_loss(self.align_loss, self.paired_negatives)
         _check_prob("negative_fraction", self.negative_fraction)
         check_range("visual_target_temperature", self.visual_target_temperature, 0)
         check_range("nce_temperature", self.nce_temperature, 0)

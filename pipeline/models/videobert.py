@@ -34,7 +34,7 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.utils import ModelOutput
 
-from pipeline.losses import cross_entropy_or_zero
+from pipeline.losses import cross_entropy_or_zero, nce_loss
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
 from pipeline.models.settings import VideoBERTObjectiveSettings, VideoBERTSettings
 
@@ -493,8 +493,8 @@ class VideoBERTObjective:
         donor = self.negative_donors(pair, has_video, batch["video_ids"])
         # Row r of the packed batch shows the text of row text_src[r] with the clips of row
         # clip_src[r]. Paired: every row keeps its own clips and each negative is an extra row.
+        extra = (donor != rows).nonzero(as_tuple=True)[0]  # rows that get a negative
         if s.paired_negatives:
-            extra = (donor != rows).nonzero(as_tuple=True)[0]  # rows that get a negative
             text_src = torch.cat([rows, extra])
             clip_src = torch.cat([rows, donor[extra]])
         else:
@@ -545,7 +545,11 @@ class VideoBERTObjective:
 
         align_logits = core.alignment_head(out.pooler_output).squeeze(-1)  # [B]
         aligned = (~negative).float()
-        if pair.any():
+        if s.align_loss == "pairwise":  # each paired negative (rows B..) against its positive
+            positive, negative_score = align_logits[extra], align_logits[len(rows) :]  # [E]
+            align = nce_loss(positive, negative_score[:, None])
+            align_acc = (positive > negative_score).float().mean()  # NaN without pairs
+        elif pair.any():
             align = F.binary_cross_entropy_with_logits(align_logits[pair], aligned[pair])
             align_acc = ((align_logits[pair] > 0).float() == aligned[pair]).float().mean()
         else:

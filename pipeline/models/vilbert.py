@@ -109,6 +109,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
                 vis.intermediate,
                 dropout,
                 eps,
+                settings.add_zero_attn,
             )
             for _ in settings.t_biattention_id
         )
@@ -375,22 +376,27 @@ class ViLBERTObjective:
         eligible = batch["text_mask"].any(1) & video_mask.any(1)  # [B]
         donor, swapped = other_video_donors(batch["video_ids"], eligible, s.negative_fraction)
         # Row r shows the sentence of row text_src[r] with the video of row video_src[r].
-        if s.paired_negatives:
-            extra = swapped.nonzero(as_tuple=True)[0]  # [E]
+        extra = swapped.nonzero(as_tuple=True)[0]  # [E] rows given a negative
+        if s.paired_negatives and s.negative_swaps == "video":  # this sentence, other clips
+            text_src, video_src = torch.cat([rows, extra]), torch.cat([rows, donor[extra]])
+        elif s.paired_negatives:  # this video, another video's sentence
             text_src, video_src = torch.cat([rows, donor[extra]]), torch.cat([rows, extra])
         else:
             text_src, video_src = torch.where(swapped, donor, rows), rows
         negative = text_src != video_src  # [R]
         extra_row = torch.zeros(len(text_src), dtype=torch.bool, device=rows.device)
         extra_row[len(rows) :] = True  # paired negatives: alignment loss only
-        text_mask = batch["text_mask"][text_src]
+        # Masks are drawn per batch row, then copied: a pair shows one masked sentence and one
+        # set of zeroed clips, so the two differ only in what was swapped.
         masked_ids, text_labels = mask_tokens(
-            batch["text_ids"][text_src],
-            text_mask,
+            batch["text_ids"],
+            batch["text_mask"],
             cfg.mask_token_id,
             core.text.vocab_size,
             s.mask_prob,
         )
+        text_mask = batch["text_mask"][text_src]
+        masked_ids, text_labels = masked_ids[text_src], text_labels[text_src]
         text_labels[extra_row] = -100
         # mask_tokens only chooses the clips here; the 90% / 10% split follows random_region.
         _, clip_labels = mask_tokens(
@@ -398,7 +404,7 @@ class ViLBERTObjective:
         )
         chosen = clip_labels >= 0  # [B, T]
         zeroed = chosen & (torch.rand(chosen.shape, device=chosen.device) < s.clip_zero_prob)
-        # A pair shows the same clips, zeroed alike; only the positive predicts them.
+        # Only the positives predict the masked clips.
         video_feats, video_mask = batch["video_feats"][video_src], video_mask[video_src]
         chosen, zeroed = chosen[video_src] & ~extra_row[:, None], zeroed[video_src]
         fmap = batch.get("video_fmap")
@@ -435,7 +441,7 @@ class ViLBERTObjective:
             # Log-odds of each paired negative (rows B..R-1) against its positive (video_src).
             logits = out["alignment_logits"].float()
             score = logits[:, 1] - logits[:, 0]  # [R]
-            positive, negative_score = score[video_src[len(rows) :]], score[len(rows) :]  # [E]
+            positive, negative_score = score[extra], score[len(rows) :]  # [E] each
             loss_align = nce_loss(positive, negative_score[:, None])
             accuracy = (positive > negative_score).float().mean()  # NaN without pairs
         else:
