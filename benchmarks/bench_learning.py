@@ -106,7 +106,9 @@ def last_evidence(run: Path) -> dict[str, float]:
 def one_seed(args: argparse.Namespace, data: Path, runs: Path, seed: int) -> dict[str, Any]:
     """Pretrain with `seed`, zero-shot on test, read the evidence: one row of figures."""
     run = runs / f"{args.model}-seed{seed}"
-    shutil.rmtree(run, ignore_errors=True)  # every seed pretrains from scratch
+    reuse = args.reuse and (run / "model" / "config.json").is_file()
+    if not reuse:
+        shutil.rmtree(run, ignore_errors=True)  # every seed pretrains from scratch
     runs.mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -126,8 +128,9 @@ def one_seed(args: argparse.Namespace, data: Path, runs: Path, seed: int) -> dic
         *args.overrides,
     ]
     began = time.perf_counter()
-    run_logged(pretrain, runs / f"{args.model}-seed{seed}-pretrain.log", env)
-    wall = time.perf_counter() - began
+    if not reuse:
+        run_logged(pretrain, runs / f"{args.model}-seed{seed}-pretrain.log", env)
+    wall = time.perf_counter() - began if not reuse else float("nan")
     zeroshot = run / "zeroshot-test.json"
     evaluate = [
         *python,
@@ -162,6 +165,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="videobert", choices=["videobert", "cbt", "vilbert"])
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="a seed whose run already holds a model is evaluated, not pretrained again",
+    )
     p.add_argument("--data", default="demo_out", help="demo output to reuse (made when missing)")
     p.add_argument("--runs", default="runs/bench_learning", help="where runs and results go")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -203,7 +203,7 @@ def test_pretrain_evaluate_logs_the_evidence_and_reads_heldout_once(heldout, tin
         ],
     )
     task = PretrainTask(cfg)
-    model = task.build_model()
+    model = task.build_model().eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # as the engine calls it
         first = task.evaluate(model, 1)
         cached = task._heldout

@@ -296,6 +296,7 @@ class CBTObjective:
 
     def __init__(self, settings: CBTObjectiveSettings | None = None) -> None:
         self.settings = settings or CBTObjectiveSettings()
+        self.settings.validate()  # also when built in code rather than from a config
 
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
         core = getattr(model, "module", model)  # config of a DDP-wrapped model

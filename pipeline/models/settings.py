@@ -165,11 +165,11 @@ class VideoBERTObjectiveSettings(ObjectiveSettings):
     max_subsample: int = 5  # clip subsampling rate drawn from 1..this (methods.md 1.2)
     p_text_only: float = 0.2  # share of rows in the text-only regime
     p_video_only: float = 0.2  # share of rows in the video-only regime
-    negative_fraction: float = 0.5  # share of text-video rows given another video's clips
+    negative_fraction: float = 1.0  # share of text-video rows given another video's clips
     min_subsampled_clips: int = 2  # subsampling never leaves a row fewer clips than this
     keep_visible_clip: bool = True  # text-video rows never have all their clips masked
     paired_negatives: bool = True  # a negative is an extra row beside its positive (same text)
-    align_loss: str = "bce"  # "bce": per row; "pairwise": positive ranked over its negative
+    align_loss: str = "pairwise"  # "pairwise": positive ranked over its negative; "bce": per row
 
     def validate(self) -> None:
         super().validate()

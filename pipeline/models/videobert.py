@@ -419,6 +419,7 @@ class VideoBERTObjective:
 
     def __init__(self, settings: VideoBERTObjectiveSettings | None = None) -> None:
         self.settings = settings or VideoBERTObjectiveSettings()
+        self.settings.validate()  # also when built in code rather than from a config
 
     def subsample_clips(self, video_mask: Tensor) -> Tensor:
         """Bool [B, T] -> Bool [B, T]: each row keeps every s-th real clip, at least

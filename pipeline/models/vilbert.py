@@ -367,6 +367,7 @@ class ViLBERTObjective:
 
     def __init__(self, settings: ViLBERTObjectiveSettings | None = None) -> None:
         self.settings = settings or ViLBERTObjectiveSettings()
+        self.settings.validate()  # also when built in code rather than from a config
 
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]:
         core = getattr(model, "module", model)  # config and buffers of a DDP-wrapped model
