@@ -1,4 +1,4 @@
-"""Shared fixtures: a one-thread autouse guard for tiny tensors and a tiny local BERT directory."""
+"""Shared fixtures: a one-thread guard for tiny tensors and a tiny local BERT directory."""
 
 from __future__ import annotations
 
@@ -6,6 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster than fighting over shared cores; seed 0.
+    Test modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

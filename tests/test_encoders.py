@@ -24,14 +24,7 @@ from pipeline.encoders.settings import VideoSwinMiniSettings
 from pipeline.s3d import S3D_VARIANTS, load_s3d
 from pipeline.s3d_extract import S3DFeatureExtractor
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SMALL_VIVIT = ["frames=4", "size=32", "tubelet=[2,8,8]", "hidden_dim=32", "mlp_dim=64"]

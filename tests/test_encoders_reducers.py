@@ -18,14 +18,7 @@ from pipeline.encoders.spt import ShiftedPatchEmbed, patch_shift, patchify
 from pipeline.encoders.tokenlearner import TokenFuser, TokenLearnerV1, TokenLearnerV11
 from pipeline.encoders.tome import bipartite_soft_matching, merge_weighted
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- scenic re-expressed (projects/token_learner/model.py, model_lib/layers) ------------------

@@ -22,14 +22,7 @@ from pipeline.encoders.swin_layers import (
     shift_mask,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _block(dim, heads, window, shift, **kw) -> SwinBlock3D:

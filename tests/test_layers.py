@@ -17,15 +17,7 @@ from pipeline.models.layers import (
 )
 from pipeline.models.text import add_cls_sep
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- NCE ------------------------------------------------------------------------------------

@@ -22,14 +22,7 @@ from pipeline.models.vilbert import (
 FEAT, WORDS, SLOTS = 32, 16, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(words: int = WORDS, **overrides) -> ViLBERTForPretraining:
