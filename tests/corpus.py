@@ -90,3 +90,33 @@ def write_corpus(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0)
         )
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest))
     return root
+
+
+def write_pretrained_runs(root: Path, tiny_bert: Path) -> dict[str, Path]:
+    """A pretrained-looking run directory per registered model (random weights over the tiny
+    BERT, its tokenizer, the visual vocabulary where the model has one, vlpipe_pretrain.json
+    naming the text model): what fine-tuning's `model=` points at. Returns {name: run dir}."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.models import MODELS, build_model
+
+    centroids = np.random.default_rng(0).normal(size=(6, F)).astype(np.float32)
+    runs: dict[str, Path] = {}
+    for name, entry in MODELS.items():
+        run = root / f"run-{name}"
+        settings = entry.settings()
+        if name == "vilbert":
+            settings.t_biattention_id = [3, 4, 5]
+        vocab = centroids if entry.vocabulary != "unused" else None
+        torch.manual_seed(0)
+        build_model(name, tiny_bert, vocab, settings, feat_dim=F).save_pretrained(run / "model")
+        AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "model"))
+        if vocab is not None:
+            (run / "model" / "vocab").mkdir()
+            np.save(run / "model" / "vocab" / "centroids.npy", vocab)
+        (run / "model" / "vlpipe_pretrain.json").write_text(
+            json.dumps({"config": {"model": {"text_model": str(tiny_bert)}}})
+        )
+        runs[name] = run
+    return runs

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from corpus import write_corpus
+from corpus import write_corpus, write_pretrained_runs
 
 from finetune.caption import CaptionTask
 from finetune.task import load_finetuned
@@ -22,7 +22,7 @@ from pipeline.config import load_config
 from pipeline.engine import train
 from pipeline.finetune_config import FinetuneConfig
 from pipeline.io import read_jsonl
-from pipeline.models import MODELS, build_model
+from pipeline.models import MODELS
 from pipeline.shards import decode_sample, shard_urls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,25 +32,10 @@ PAST = {"spin": "spins", "jump": "jumps", "shake": "shakes", "slide": "slides"}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_bert) -> dict[str, Path]:
     """Shards, a pretrained-looking run per registered model, YouCook2 and MSR-VTT captions."""
-    from transformers import AutoTokenizer
-
     root = tmp_path_factory.mktemp("caption")
     shards = write_corpus(root / "shards", shards=2, per_shard=8)
     out: dict[str, Path] = {"shards": shards, "root": root}
-    centroids = np.random.default_rng(0).normal(size=(6, 1024)).astype(np.float32)
-    for name, entry in MODELS.items():
-        run = root / f"run-{name}"
-        settings = entry.settings()
-        if name == "vilbert":
-            settings.t_biattention_id = [3, 4, 5]
-        vocab = centroids if entry.vocabulary != "unused" else None
-        torch.manual_seed(0)
-        build_model(name, tiny_bert, vocab, settings, feat_dim=1024).save_pretrained(run / "model")
-        AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "model"))
-        if vocab is not None:
-            (run / "model" / "vocab").mkdir()
-            np.save(run / "model" / "vocab" / "centroids.npy", vocab)
-        out[name] = run
+    out.update(write_pretrained_runs(root, tiny_bert))
     database, videos, sentences = {}, [], []
     for url in shard_urls(shards):
         for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False):

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from corpus import WORDS, write_corpus
+from corpus import WORDS, write_corpus, write_pretrained_runs
 
 from finetune.task import load_finetuned
 from pipeline.config import ConfigError, load_config
 from pipeline.finetune_config import FinetuneConfig
 from pipeline.io import read_jsonl
-from pipeline.models import MODELS, build_model
+from pipeline.models import MODELS
 from pipeline.shards import decode_sample, shard_urls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,29 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_bert) -> dict[str, Path]:
     """Shards, a pretrained-looking run per registered model, and annotation files."""
-    from transformers import AutoTokenizer
-
     root = tmp_path_factory.mktemp("finetune")
     shards = write_corpus(root / "shards", shards=2, per_shard=8)
     out: dict[str, Path] = {"shards": shards, "root": root}
-    centroids = np.random.default_rng(0).normal(size=(6, 1024)).astype(np.float32)
-    for name, entry in MODELS.items():
-        run = root / f"run-{name}"
-        settings = entry.settings()
-        if name == "vilbert":
-            settings.t_biattention_id = [3, 4, 5]
-        vocab = centroids if entry.vocabulary != "unused" else None
-        torch.manual_seed(0)
-        model = build_model(name, tiny_bert, vocab, settings, feat_dim=1024)
-        model.save_pretrained(run / "model")
-        AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "model"))
-        if vocab is not None:
-            (run / "model" / "vocab").mkdir()
-            np.save(run / "model" / "vocab" / "centroids.npy", vocab)
-        (run / "model" / "vlpipe_pretrain.json").write_text(
-            json.dumps({"config": {"model": {"text_model": str(tiny_bert)}}})
-        )
-        out[name] = run
+    out.update(write_pretrained_runs(root, tiny_bert))
     # Annotations from the shards' own narration: what happens first / the first noun.
     videos = []
     for url in shard_urls(shards):
