@@ -26,6 +26,13 @@ def nce_loss(positive: Tensor, negatives: Tensor, negative_mask: Tensor | None =
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
+def pairwise_ranking(positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+    """Each positive score against its own negative: positive, negative [E] -> (mean of
+    -log softmax(positive, negative), i.e. `nce_loss` with one negative; the share of pairs with
+    positive > negative, NaN without pairs). Invariant to a shift of both scores."""
+    return nce_loss(positive, negative[:, None]), (positive > negative).float().mean()
+
+
 def nce_with_pool_negatives(
     predictions: Tensor,
     pool: Tensor,

@@ -34,11 +34,14 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
 
 from pipeline.config import load_config_dict, to_dict
+from pipeline.models.layers import RunningFeatureNorm
 from pipeline.models.settings import ModelSettings
+from pipeline.models.text import TiedMaskedLMHead
 
 Batch = dict[str, Tensor]
 
@@ -98,6 +101,17 @@ class VLPreTrainedModel(PreTrainedModel):
     config_class = VLConfig
     base_model_prefix = "vl"
     masked_lm_sees_video: ClassVar[bool] = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """HF's generic init (Linear / Embedding / LayerNorm), then the shared blocks: the tied
+        MLM head's bias at 0, feature statistics empty (the norm is the identity until it has
+        seen clips). transformers' `init` functions leave weights loaded from a checkpoint."""
+        super()._init_weights(module)
+        if isinstance(module, TiedMaskedLMHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, RunningFeatureNorm):
+            for stat in (module.count, module.mean, module.m2):
+                init.zeros_(stat)
 
     @classmethod
     def from_text_checkpoint(

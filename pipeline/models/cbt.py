@@ -37,7 +37,7 @@ from pipeline.losses import cross_entropy_or_zero, nce_loss, nce_with_pool_negat
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
 from pipeline.models.layers import MLP, RunningFeatureNorm, TransformerBlock
 from pipeline.models.settings import CBTObjectiveSettings, CBTSettings
-from pipeline.models.text import TextTower, TiedMaskedLMHead
+from pipeline.models.text import TextTower
 
 
 class CBTConfig(VLConfig):
@@ -108,14 +108,9 @@ class CBTForPretraining(VLPreTrainedModel):
         return model
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)  # Linear / Embedding / LayerNorm from initializer_range
+        super()._init_weights(module)  # generic + shared blocks (VLPreTrainedModel)
         if isinstance(module, CBTForPretraining):
             init.normal_(module.clip_mask_embedding, std=self.config.initializer_range)
-        elif isinstance(module, TiedMaskedLMHead):
-            init.zeros_(module.bias)
-        elif isinstance(module, RunningFeatureNorm):
-            for stat in (module.count, module.mean, module.m2):  # no clip seen yet: identity
-                init.zeros_(stat)
 
     def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
         """BERT weights into the text tower; CBT needs no visual vocabulary (methods.md 2.1)."""

@@ -34,7 +34,7 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.utils import ModelOutput
 
-from pipeline.losses import cross_entropy_or_zero, nce_loss
+from pipeline.losses import cross_entropy_or_zero, pairwise_ranking
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
 from pipeline.models.settings import VideoBERTObjectiveSettings, VideoBERTSettings
 
@@ -551,9 +551,7 @@ class VideoBERTObjective:
         align_logits = core.alignment_head(out.pooler_output).squeeze(-1)  # [B]
         aligned = (~negative).float()
         if s.align_loss == "pairwise":  # each paired negative (rows B..) against its positive
-            positive, negative_score = align_logits[extra], align_logits[len(rows) :]  # [E]
-            align = nce_loss(positive, negative_score[:, None])
-            align_acc = (positive > negative_score).float().mean()  # NaN without pairs
+            align, align_acc = pairwise_ranking(align_logits[extra], align_logits[len(rows) :])
         elif pair.any():
             align = F.binary_cross_entropy_with_logits(align_logits[pair], aligned[pair])
             align_acc = ((align_logits[pair] > 0).float() == aligned[pair]).float().mean()

@@ -28,21 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig
-from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 
 from pipeline.encoders.tokenlearner import ScenicMlp, TokenLearnerV11
 from pipeline.losses import (
     cross_entropy_or_zero,
-    nce_loss,
     nce_with_pool_negatives,
+    pairwise_ranking,
     soft_assignment,
     soft_target_kl,
 )
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
 from pipeline.models.layers import CoAttentionLayer, RunningFeatureNorm, TransformerBlock
 from pipeline.models.settings import ViLBERTObjectiveSettings, ViLBERTSettings
-from pipeline.models.text import TextTower, TiedMaskedLMHead
+from pipeline.models.text import TextTower
 
 
 class ViLBERTConfig(VLConfig):
@@ -133,14 +132,9 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)  # Linear / Embedding / LayerNorm from initializer_range
-        if isinstance(module, TiedMaskedLMHead):
-            init.zeros_(module.bias)
-        elif isinstance(module, ScenicMlp):
+        super()._init_weights(module)  # generic + shared blocks (VLPreTrainedModel)
+        if isinstance(module, ScenicMlp):
             module.reset_parameters()  # scenic's xavier init, after the generic Linear init
-        elif isinstance(module, RunningFeatureNorm):
-            for stat in (module.count, module.mean, module.m2):  # no clip seen yet: identity
-                init.zeros_(stat)
 
     def init_from_text_checkpoint(self, path: Path, centroids: np.ndarray | None) -> None:
         """BERT weights into the text stream; centroids [V, F] (the faiss visual vocabulary)
@@ -451,12 +445,10 @@ class ViLBERTObjective:
                 s.nce_max_negatives,
             )
         if s.align_loss == "pairwise":
-            # Log-odds of each paired negative (rows B..R-1) against its positive (video_src).
+            # Log-odds of each paired negative (rows B..R-1) against its positive (row `extra`).
             logits = out["alignment_logits"].float()
             score = logits[:, 1] - logits[:, 0]  # [R]
-            positive, negative_score = score[extra], score[len(rows) :]  # [E] each
-            loss_align = nce_loss(positive, negative_score[:, None])
-            accuracy = (positive > negative_score).float().mean()  # NaN without pairs
+            loss_align, accuracy = pairwise_ranking(score[extra], score[len(rows) :])
         else:
             eligible = eligible[video_src]  # [R]
             logits = out["alignment_logits"][eligible].float()  # [R', 2]
