@@ -102,6 +102,19 @@ class VLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "vl"
     masked_lm_sees_video: ClassVar[bool] = True
 
+    def freeze_parameters(self) -> None:
+        """requires_grad=False on what the model's settings keep frozen (none by default).
+        Subclasses call it at the end of `__init__`; `from_pretrained` calls it again."""
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> VLPreTrainedModel:
+        """`PreTrainedModel.from_pretrained`, then `freeze_parameters`: loading swaps in new
+        Parameters with requires_grad=True (transformers 5), which would let an optimizer built
+        from the `requires_grad` parameters train what the settings keep frozen."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.freeze_parameters()
+        return model
+
     def _init_weights(self, module: nn.Module) -> None:
         """HF's generic init (Linear / Embedding / LayerNorm), then the shared blocks: the tied
         MLM head's bias at 0, feature statistics empty (the norm is the identity until it has

@@ -95,17 +95,12 @@ class CBTForPretraining(VLPreTrainedModel):
         self.mi_head = MLP(d_c, d_c, 1)  # MI(x, y) from the first output token
         self.max_clips = settings.max_clips
         self.post_init()
-        if settings.freeze_text:
-            self.text.freeze()
+        self.freeze_parameters()
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> CBTForPretraining:
-        """`PreTrainedModel.from_pretrained`, re-freezing the text tower: loading swaps in new
-        Parameters with requires_grad=True (transformers 5)."""
-        model = super().from_pretrained(*args, **kwargs)
-        if model.config.settings().freeze_text:
-            model.text.freeze()
-        return model
+    def freeze_parameters(self) -> None:
+        """The text tower, when `freeze_text` (the paper's setting, methods.md 2.1)."""
+        if self.config.settings().freeze_text:
+            self.text.freeze()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # generic + shared blocks (VLPreTrainedModel)

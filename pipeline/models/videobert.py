@@ -151,20 +151,11 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         )
         self.alignment_head = nn.Linear(width, 1)
         self.post_init()
-        self.visual_word_embeddings.weight.requires_grad_(not config.freeze_visual_embeddings)
+        self.freeze_parameters()
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> VideoBERTForPretraining:
-        """`PreTrainedModel.from_pretrained`, re-freezing the visual rows.
-
-        Loading swaps in new Parameters with requires_grad=True (transformers 5), which would
-        let an optimizer built from `requires_grad` parameters train the frozen rows.
-        """
-        model = super().from_pretrained(*args, **kwargs)
-        model.visual_word_embeddings.weight.requires_grad_(
-            not model.config.freeze_visual_embeddings
-        )
-        return model
+    def freeze_parameters(self) -> None:
+        """The visual rows, when `freeze_visual_embeddings` (methods.md 1.3)."""
+        self.visual_word_embeddings.weight.requires_grad_(not self.config.freeze_visual_embeddings)
 
     def visual_rows(self) -> Tensor:
         """[V, D] visual-word table, cut from the graph when frozen (whatever requires_grad says)."""
