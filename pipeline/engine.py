@@ -16,7 +16,9 @@ and the metric that picks the best step. The engine owns everything general:
   tokens/s and MFU; a progress bar on a terminal, a log line every `log_every` steps otherwise;
 * evaluation every `eval_every` steps and at the end, in a forked RNG so it never changes what
   training draws; with `task.best_metric`, the best step on that (validation) metric is the one
-  exported; `config.yaml` (resolved config + git revision) and `model/` at the end.
+  exported; `config.yaml` (resolved config + git revision) and `model/` at the end;
+* `ranks.json`: every process's parameter checksum at the end, so a data-parallel run shows
+  that its processes trained one model (an error is logged when they differ).
 
 The model and the loss are wrapped in one module so DDP/FSDP see a single `forward` and the
 loop below stays one screen long.
@@ -172,6 +174,7 @@ def train(task: Task, cfg: EngineConfig, resume: bool = False) -> TrainResult:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.optim.max_steps:
             _save_checkpoint(accelerator, run_dir, step, cfg.keep_checkpoints, state)
     progress.close()
+    _check_ranks_agree(accelerator, accelerator.unwrap_model(module).model, run_dir, step)
     accelerator.wait_for_everyone()
     if (task.best_metric is None or state["best"] is None) and accelerator.is_main_process:
         _export(task, accelerator.unwrap_model(module).model, run_dir, {"step": step})
@@ -351,6 +354,51 @@ def _evaluate(accelerator, task: Task, module, run_dir: Path, step: int, state: 
         if improved:
             _export(task, model, run_dir, record)
     accelerator.wait_for_everyone()
+
+
+def param_checksum(model: nn.Module) -> list[float]:
+    """[sum, sum of squares, sum weighted by position] over every parameter, in float64: equal
+    on two processes only if they hold the same weights (up to a collision nobody plants)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    for p in model.parameters():
+        x = p.detach().double().flatten().cpu()
+        sums += torch.stack(
+            [x.sum(), (x * x).sum(), (x * torch.arange(1, x.numel() + 1, dtype=x.dtype)).sum()]
+        )
+    return sums.tolist()
+
+
+def _check_ranks_agree(accelerator, model: nn.Module, run_dir: Path, step: int) -> None:
+    """Data parallel training keeps one model: every process must end with the same weights.
+
+    Each process's `param_checksum` is gathered into run_dir/ranks.json; a difference (the
+    model left out of `prepare`, a parameter outside DDP's buckets, a process that skipped an
+    optimizer step) is logged as an error. FSDP shards the weights, so it is not compared."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return
+    local = torch.tensor([param_checksum(model)], dtype=torch.float64, device=accelerator.device)
+    every = accelerator.gather(local).cpu().tolist()  # [world, 3]
+    identical = all(row == every[0] for row in every)
+    if accelerator.is_main_process:
+        atomic_write_json(
+            run_dir / "ranks.json",
+            {
+                "step": step,
+                "world_size": len(every),
+                "param_checksums": every,
+                "identical": identical,
+            },
+        )
+        if not identical:
+            log.error(
+                "the %d processes hold DIFFERENT weights at step %d (checksums %s): gradients "
+                "were not synchronised; the exported model is process 0's",
+                len(every),
+                step,
+                every,
+            )
 
 
 def _export(task: Task, model: nn.Module, run_dir: Path, record: dict[str, Any]) -> None:

@@ -20,7 +20,11 @@ Epoch semantics (the same on one process or many):
   a corpus smaller than one batch still trains (each batch then holds more than one epoch);
 * each batch carries the epoch of its last segment; resuming at batch n replays the same stream
   and skips the first n batches (`skip_batches`), so a resumed run sees exactly the batches it
-  would have seen.
+  would have seen. With K loader workers, global batch b comes from worker b % K (the
+  DataLoader's round-robin), and a new DataLoader iterator always starts that round-robin at
+  worker 0: so each worker skips n // K of its own batches and `loader` drops the remaining
+  n % K in the main process (skipping ceil((n - w) / K) per worker instead would hand out
+  the next K batches in rotated order whenever K does not divide n).
 """
 
 from __future__ import annotations
@@ -243,8 +247,8 @@ class SegmentStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         if worker >= len(self.urls):
             return  # more loader workers than shards: this one has nothing to read
-        # Global batch b comes from worker b % K (DataLoader round-robin): skip our share.
-        skip = (self.skip_batches - worker + num_workers - 1) // num_workers
+        # Whole rounds of the round-robin only; `loader` drops the last n % K (module doc).
+        skip = self.skip_batches // num_workers
         produced = 0
         pending: list[dict] = []  # carried across epochs: batches span epochs (module doc)
         for epoch in itertools.count() if self.epochs is None else range(self.epochs):
@@ -276,17 +280,20 @@ class SegmentStream(IterableDataset):
             yield self.collate(pending, epoch)
 
 
-def loader(stream: SegmentStream, num_workers: int, seed: int) -> torch.utils.data.DataLoader:
-    """A DataLoader over `stream` with up to `num_workers` processes (never more than shards).
+def loader(stream: SegmentStream, num_workers: int, seed: int) -> Iterator[dict[str, Any]]:
+    """`stream`'s batches through a DataLoader with up to `num_workers` processes (never more
+    than shards), starting exactly at batch `stream.skip_batches` (module doc: the workers skip
+    whole rounds, the remainder of fewer than K batches is dropped here).
 
-    It has its own generator: starting the iterator must not consume the global RNG that a
-    resumed run's `load_state` just restored (the objectives' masks would shift).
+    The DataLoader has its own generator: starting the iterator must not consume the global RNG
+    that a resumed run's `load_state` just restored (the objectives' masks would shift).
     """
     workers = max(0, min(num_workers, len(stream.urls)))
-    return torch.utils.data.DataLoader(
+    batches = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
+    return itertools.islice(batches, stream.skip_batches % max(workers, 1), None)

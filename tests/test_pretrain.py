@@ -5,6 +5,7 @@ real `run_cluster`, and training runs the real CLI (torchrun for two processes, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 import torch
 from corpus import F, write_corpus
 
-from pipeline.segments import SegmentStream, build_segments
+from pipeline.segments import SegmentStream, build_segments, loader
 from pipeline.train_config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,6 +102,30 @@ def test_batches_follow_the_model_contract(setup):
     after = next(it)
     skipped = SegmentStream(data, str(setup["bert"]), seed=0, skip_batches=3)
     assert next(iter(skipped))["keys"] == after["keys"]
+
+
+def signatures(batches, n: int) -> list[tuple]:
+    """The first n batches as (video keys, sum of their clip features): a segment's identity."""
+    return [
+        (*b["keys"], round(float(b["video_feats"].sum()), 3)) for b in itertools.islice(batches, n)
+    ]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_loader_resumes_at_the_same_batch_with_several_workers(setup, workers):
+    """`loader` with K workers, resumed at batch n, yields batches n, n+1, ... of the run that
+    was not interrupted, in order: also for n not a multiple of K (the DataLoader restarts its
+    round-robin at worker 0 on a new iterator) and for n past an epoch (12 batches of 3)."""
+    data = DataConfig(shards=str(setup["shards"]), batch_size=3, concat_prob=0.0)
+
+    def batches(skip: int):
+        stream = SegmentStream(data, str(setup["bert"]), seed=1, skip_batches=skip)
+        return loader(stream, workers, seed=1)
+
+    ref = signatures(batches(0), 18)
+    assert len(set(ref)) == 18  # distinct batches: an order change is visible
+    for skip in (1, 2, 3, 5, 13):
+        assert signatures(batches(skip), 4) == ref[skip : skip + 4], skip
 
 
 def test_segments_without_speech_become_16_clip_chunks():
@@ -187,20 +212,22 @@ def test_two_processes_follow_the_one_process_curve(setup, tmp_path):
         assert abs(a[lo:hi].mean() - b[lo:hi].mean()) < 0.15 * a[lo:hi].mean(), (a, b)
     assert a[20:].mean() < a[:10].mean() and b[20:].mean() < b[:10].mean()
     assert (tmp_path / "two/model/model.safetensors").exists()
+    assert_ranks_identical(tmp_path / "two", 2)
 
 
-@pytest.mark.slow
-def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [
-        "optim.max_steps=40",
-        "checkpoint_every=10",
-        "keep_checkpoints=2",
-        "data.batch_size=4",
-    ]
-    ref = tmp_path / "ref"
+def assert_ranks_identical(run: Path, world: int) -> None:
+    """Both processes end with the same weights (data parallelism trains one model) and
+    the run logged no divergence."""
+    ranks = json.loads((run / "ranks.json").read_text())
+    sums = ranks["param_checksums"]
+    assert ranks["world_size"] == world and len(sums) == world
+    assert all(row == sums[0] for row in sums), sums
+    assert ranks["identical"] is True
+
+
+def run_vlpipe(args: list[str], env: dict) -> subprocess.CompletedProcess:
     r = subprocess.run(
-        [sys.executable, "-m", "vlpipe", *pretrain_args(setup, ref, *common)],
+        [sys.executable, "-m", "vlpipe", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -208,6 +235,36 @@ def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("workers", "accum", "kill_after", "resumed_at", "kept"),
+    [
+        # 1 loader worker, no accumulation: resumes at step 20 (20 micro-batches skipped).
+        (1, 1, 25, 20, ["step-20", "step-30"]),
+        # 2 workers, 2 micro-batches per step: resumes at step 15, 30 micro-batches skipped.
+        (2, 2, 17, 15, ["step-15", "step-20"]),
+        # 2 workers, 3 micro-batches per step: step 15 skips 45, an odd count for 2 workers.
+        (2, 3, 17, 15, ["step-15", "step-20"]),
+    ],
+)
+def test_kill_and_resume_follows_the_same_curve(
+    setup, tmp_path, workers, accum, kill_after, resumed_at, kept
+):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    every = 10 if accum == 1 else 5
+    common = [
+        f"optim.max_steps={40 if accum == 1 else 25}",
+        f"checkpoint_every={every}",
+        "keep_checkpoints=2",
+        "data.batch_size=4",
+        f"data.num_workers={workers}",
+        f"optim.grad_accum={accum}",
+    ]
+    ref = tmp_path / "ref"
+    run_vlpipe(pretrain_args(setup, ref, *common), env)
 
     run = tmp_path / "run"
     p = subprocess.Popen(
@@ -221,26 +278,20 @@ def test_kill_and_resume_follows_the_same_curve(setup, tmp_path):
     deadline = time.time() + 300
     metrics = run / "metrics.jsonl"
     while time.time() < deadline and (
-        not metrics.exists() or len(metrics.read_text().splitlines()) < 25
+        not metrics.exists() or len(metrics.read_text().splitlines()) < kill_after
     ):
         time.sleep(0.01)
-    os.killpg(p.pid, signal.SIGKILL)  # mid-way between the checkpoints of steps 20 and 30
+    os.killpg(p.pid, signal.SIGKILL)  # between two checkpoints
     p.wait()
-    assert (run / "checkpoints" / "step-20").exists() and not (run / "model").exists()
-    r = subprocess.run(
-        [sys.executable, "-m", "vlpipe", *pretrain_args(setup, run, *common), "--resume"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout + r.stderr
-    # Deterministic CPU run: the resumed curve is the uninterrupted one, step for step.
+    assert (run / "checkpoints" / f"step-{resumed_at}").exists() and not (run / "model").exists()
+    assert not (run / "checkpoints" / f"step-{resumed_at + every}").exists()
+    r = run_vlpipe([*pretrain_args(setup, run, *common), "--resume"], env)
+    assert f"at step {resumed_at}" in r.stdout + r.stderr
+    # Deterministic CPU run: the resumed curve is the uninterrupted one, step for step (the
+    # same batches in the same order, the same masks).
     np.testing.assert_allclose(losses(run), losses(ref), rtol=1e-5)
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
-    assert ckpts == ["step-20", "step-30"]  # the last two are kept
+    assert ckpts == kept  # the last two are kept
     from pipeline.models import load_pretrained
 
     model = load_pretrained(run / "model")
@@ -287,6 +338,7 @@ def test_cbt_and_two_stream_run_under_two_processes(setup, tmp_path, model):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(losses(tmp_path / "run")) == 3
+    assert_ranks_identical(tmp_path / "run", 2)
     from pipeline.models import load_pretrained, model_name_of
 
     assert model_name_of(tmp_path / "run" / "model") == model
