@@ -45,3 +45,37 @@ def test_align_payloads():
     assert asr["sentences"][0]["clips"] == [0, 3]
     assert asr["sentences"][1]["clips"] == [4, 4]
     assert asr["source"] == "subtitles"
+
+
+def test_words_on_clip_boundaries_follow_half_open_spans():
+    """A midpoint exactly on a boundary belongs to the clip that starts there ([start, end)); one
+    exactly at the end of the last clip is past the video."""
+    words = [
+        Word("a", 1.4, 1.6, 0.9),  # midpoint 1.5: start of clip 1
+        Word("b", 2.9, 3.1, 0.9),  # midpoint 3.0: start of clip 2
+        Word("c", 5.9, 6.1, 0.9),  # midpoint 6.0: end of the last clip, dropped
+        Word("d", 0.0, 0.0, 0.9),  # midpoint 0.0: start of clip 0
+    ]
+    t = Transcript("subtitles", "x.vtt", "en", [Sentence("a b c d", 0.0, 6.1, words)])
+    got = [[x["text"] for x in c] for c in words_per_clip(SPANS, t)]
+    assert got == [["d"], ["a"], ["b"], []]
+
+
+def test_align_payload_is_exact():
+    """The clips.json payload literally: times rounded to 4 decimals, words with their times."""
+    spans = [(0.0, 1.501557), (1.501557, 3.003114)]  # 5 decimals would differ
+    words = [Word("spin", 1.4, 1.7, 0.9), Word("it", 0.2, 0.3, 0.8)]
+    t = Transcript("whisper", "tiny.en", "en", [Sentence("spin it", 0.2, 1.7, words)])
+    clips, asr = align(spans, t)
+    assert clips == {
+        "clips": [
+            {"start": 0.0, "end": 1.5016, "words": [{"text": "it", "start": 0.2, "end": 0.3}]},
+            {
+                "start": 1.5016,
+                "end": 3.0031,
+                "words": [{"text": "spin", "start": 1.4, "end": 1.7}],
+            },
+        ]
+    }
+    assert asr["sentences"][0]["clips"] == [0, 2]
+    assert asr["sentences"][0]["text"] == "spin it"
