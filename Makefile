@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup lint clean mutation
 
 $(STAMP): requirements.txt pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -18,5 +18,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q
 
+# Slow (about an hour on 2 cores), not part of `test`: see scripts/mutation.sh.
+mutation: $(STAMP)
+	bash scripts/mutation.sh
+
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out .pytest_cache mutants mutants.log
