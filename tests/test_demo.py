@@ -71,4 +71,12 @@ def test_demo_runs_every_stage(tmp_path: Path, model: str):
     assert result["segments"] > 0 and result["model"] == model
     for regime in ("cross_modal", "language_prior", "chance"):
         assert 0 <= result["metrics"][regime]["verb"]["top1"] <= 100
+    # 5 verbs and 5 nouns in the sample corpus: chance is 1 in 5, top-5 always hits.
+    labels = json.loads((CORPUS / "labels.json").read_text())
+    assert len(labels["verbs"]) == len(labels["nouns"]) == 5
+    for slot in ("verb", "noun"):
+        assert result["metrics"]["chance"][slot]["top1"] == pytest.approx(20.0)
+        assert result["metrics"]["cross_modal"][slot]["top5"] == pytest.approx(100.0)
+    # the verdict line is judged by the interval, and says which way it went
+    assert f"Does {model} use the video?" in report
     assert (out / f"run-{model}" / "model" / "model.safetensors").exists()
