@@ -268,19 +268,91 @@ def test_same_input_twice_gives_identical_features(variant):
     np.testing.assert_allclose(feat_single[0], feat_1[1], rtol=1e-4, atol=1e-6)
 
 
-def test_preprocessing_applies_each_variants_normalisation():
+# Published input statistics, written out here (never read back from pipeline.s3d): torchvision's
+# Kinetics-400 `VideoClassification` preset (transforms/_presets.py, methods.md 8.3); HowTo100M
+# S3D-G takes RGB / 255 in [0, 1] with no mean/std (s3dg.py, main_distributed.py; methods.md 8.2).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# Two hand-made pixels, normalised by hand: ((p / 255) - mean) / std per channel, e.g.
+# R 255: (1 - 0.43216) / 0.22803 = 2.4901987; G 128: (128/255 - 0.394666) / 0.22145 = 0.4845102;
+# B 0: -0.37645 / 0.216989 = -1.7348806. (ImageNet's std 0.229/0.224/0.225 gives 2.4797, 0.4790,
+# -1.6731; ImageNet's mean 0.485/0.456/0.406 gives 2.2585, 0.2075, -1.8711.)
+PIXEL_A, TV_A, HOWTO_A = (255, 128, 0), (2.4901987, 0.4845102, -1.7348806), (1.0, 0.5019608, 0.0)
+PIXEL_B, TV_B, HOWTO_B = (0, 64, 255), (-1.8951892, -0.6488400, 2.8736480), (0.0, 0.2509804, 1.0)
+TV_ZERO = (-1.8951892, -1.7821901, -1.7348806)  # a black pixel: -mean / std
+
+
+def two_pixel_clip() -> np.ndarray:
+    """uint8 [1, T=2, H=2, W=4, 3]: PIXEL_A at (t0, h0, w0), PIXEL_B at (t1, h1, w3), else black
+    (distinct, asymmetric positions: a swapped axis moves them)."""
+    clip = np.zeros((1, 2, 2, 4, 3), dtype=np.uint8)
+    clip[0, 0, 0, 0] = PIXEL_A
+    clip[0, 1, 1, 3] = PIXEL_B
+    return clip
+
+
+def test_variants_pin_the_published_normalisation():
+    tv, howto = S3D_VARIANTS["torchvision"], S3D_VARIANTS["s3dg_howto100m"]
+    assert tv.input_mean == KINETICS_MEAN and tv.input_std == KINETICS_STD
+    assert howto.input_mean is None and howto.input_std is None
+
+
+@pytest.mark.parametrize("engine", ["reference", "fused"])
+def test_preprocessing_matches_hand_normalised_pixels(engine):
+    """The path prep takes (S3DFeatureExtractor.preprocess), against hand-computed literals."""
+    clip = two_pixel_clip()
+    for variant, at_a, at_b, black in (
+        ("torchvision", TV_A, TV_B, TV_ZERO),
+        ("s3dg_howto100m", HOWTO_A, HOWTO_B, (0.0, 0.0, 0.0)),
+    ):
+        cfg = S3D_VARIANTS[variant]
+        x = S3DFeatureExtractor(S3D(cfg), cfg, engine=engine).preprocess(clip)
+        assert x.shape == (1, 3, 2, 2, 4) and x.dtype == torch.float32  # [B, 3, T, H, W]
+        want = torch.tensor(black).view(3, 1, 1, 1).expand(3, 2, 2, 4).clone()
+        want[:, 0, 0, 0] = torch.tensor(at_a)
+        want[:, 1, 1, 3] = torch.tensor(at_b)
+        torch.testing.assert_close(x[0], want, rtol=0, atol=2e-6, msg=variant)
+
+
+def test_preprocessing_rejects_other_dtypes_and_odd_sizes():
     clips = np.full((1, 2, 4, 4, 3), 255, dtype=np.uint8)
     model = S3D(S3D_VARIANTS["s3dg_howto100m"])
-    howto = S3DFeatureExtractor(model, S3D_VARIANTS["s3dg_howto100m"]).preprocess(clips)
-    assert howto.shape == (1, 3, 2, 4, 4) and torch.all(howto == 1.0)  # [0, 1] input (8.2)
-    cfg = S3D_VARIANTS["torchvision"]
-    tv = S3DFeatureExtractor(S3D(cfg), cfg).preprocess(clips)
-    expected = (1.0 - torch.tensor(cfg.input_mean)) / torch.tensor(cfg.input_std)
-    torch.testing.assert_close(tv[0, :, 0, 0, 0], expected)
     with pytest.raises(ValueError, match="uint8"):
         S3DFeatureExtractor(model, S3D_VARIANTS["s3dg_howto100m"]).preprocess(clips.astype(float))
     with pytest.raises(ValueError, match="even T, H, W"):
         model(torch.zeros(1, 3, 3, 64, 64))
+
+
+def test_s3d_encoder_normalises_like_prep():
+    """The `s3d` visual encoder (fine-tuning from frames.npy) normalises with the same published
+    statistics: its preprocess of the hand-made pixels gives the same literals."""
+    from pipeline.encoders import build_encoder
+
+    frames = two_pixel_clip()[None]  # [B=1, T=1 clip, F=2, H=2, W=4, 3]
+    for variant, at_a, at_b, black in (
+        ("torchvision", TV_A, TV_B, TV_ZERO),
+        ("s3dg_howto100m", HOWTO_A, HOWTO_B, (0.0, 0.0, 0.0)),
+    ):
+        encoder = build_encoder("s3d", {"variant": variant})
+        x = encoder.preprocess(frames)[0]  # [3, F, H, W]
+        torch.testing.assert_close(x[:, 0, 0, 0], torch.tensor(at_a), rtol=0, atol=2e-6)
+        torch.testing.assert_close(x[:, 1, 1, 3], torch.tensor(at_b), rtol=0, atol=2e-6)
+        torch.testing.assert_close(x[:, 0, 1, 2], torch.tensor(black), rtol=0, atol=2e-6)
+
+
+def test_extractor_feeds_the_trunk_the_published_normalisation():
+    """End to end through `__call__`: features equal the reference trunk on input normalised here
+    with the literal Kinetics statistics (numpy, float64, no pipeline helper)."""
+    model = seeded_model("torchvision", seed=6)
+    clips = random_clips((1, 8, 64, 64, 3), seed=3)
+    x = (clips.astype(np.float64) / 255.0 - KINETICS_MEAN) / KINETICS_STD  # [B, T, H, W, 3]
+    x = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).astype(np.float32).copy())
+    with torch.no_grad():
+        want = model.eval()(x).mean(dim=(2, 3, 4)).numpy()  # Mixed_5c pooled [B, 1024]
+    feat, _ = S3DFeatureExtractor(model, S3D_VARIANTS["torchvision"], engine="reference")(clips)
+    scale = np.abs(want).max()
+    assert scale > 1e-3
+    assert np.abs(feat - want).max() <= 1e-5 * scale
 
 
 def test_gating_scales_each_branch_and_every_parameter_gets_gradient():
