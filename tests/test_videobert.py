@@ -17,6 +17,7 @@ from pipeline.models.videobert import (
     VideoBERTObjective,
     project_centroids,
 )
+from pretrain.evidence import matching_accuracy
 
 TEXT_VOCAB, VISUAL_WORDS, WIDTH = 200, 50, 64
 CLS, SEP, MASK, PAD = 101, 102, 103, 0
@@ -185,6 +186,11 @@ def test_each_objective_term_falls_when_overfitting_one_batch() -> None:
     for term in ("text", "video", "align"):
         assert final[term] < 0.5 * initial[term], (term, initial[term], final[term])
     assert final["align_acc"] > 0.9
+    # Judged independently of the objective's labels: each sentence scored with its own clips
+    # beats it scored with another video's clips (pretrain.evidence, no masking, eval mode).
+    # A model trained with inverted alignment labels ranks the other video first (~0 %).
+    matching = matching_accuracy(model, [pairs], negatives=6)
+    assert matching["matching_accuracy"] > 90 and matching["margin"] > 0, matching
 
 
 def test_language_prior_ignores_clips_and_cross_modal_uses_them() -> None:
@@ -415,3 +421,84 @@ def test_pairwise_alignment_loss_ranks_each_positive_over_its_negative() -> None
     assert terms["align_acc"] == (logits[:4] > logits[4:]).float().mean()
     with pytest.raises(ConfigError, match="align_loss"):
         Settings(paired_negatives=False, align_loss="pairwise").validate()
+
+
+def oracle_alignment(model: VideoBERTForPretraining, words: int, clips: int) -> list[torch.Tensor]:
+    """Make the alignment head an oracle: +2 where the packed row's sentence and clips come
+    from the same video, -2 where not, told from the ids themselves (see `owned_batch`), not
+    from the objective. Returns the list the oracle appends each call's `aligned` [R] to."""
+    seen, told = {}, []
+    model.register_forward_pre_hook(lambda module, args: seen.update(ids=args[0]))
+
+    def owner(values: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+        # Most frequent owner per row: masking touches one word / clip of 8, so it stays right.
+        counts = torch.zeros(values.shape[0], 8, dtype=torch.long)
+        counts.scatter_add_(1, (values // width).clamp(0, 7) * valid, valid.long())
+        return counts.argmax(1)
+
+    def oracle(module, args, out):
+        ids = seen["ids"]
+        text = ids - (MASK + 1)
+        is_text = (ids > MASK) & (ids < TEXT_VOCAB)
+        clip = ids - TEXT_VOCAB
+        is_clip = (ids >= TEXT_VOCAB) & (ids < TEXT_VOCAB + VISUAL_WORDS)
+        aligned = owner(text, is_text, words) == owner(clip, is_clip, clips)
+        told.append(aligned)
+        return torch.where(aligned, 2.0, -2.0)[:, None] + 0.0 * out
+
+    model.alignment_head.register_forward_hook(oracle)
+    return told
+
+
+def owned_batch(rows: int, words: int, clips: int) -> dict[str, torch.Tensor]:
+    """Row i = video i: its 8 words drawn from [MASK+1 + i*words, ... + words) and its 8 clip
+    tokens from [i*clips, (i+1)*clips), so any packed row shows whose sentence and clips it holds."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.arange(rows)[:, None]
+    return {
+        "text_ids": MASK + 1 + base * words + torch.randint(0, words, (rows, 8), generator=gen),
+        "text_mask": torch.ones(rows, 8, dtype=torch.bool),
+        "video_feats": torch.zeros(rows, 8, 1024),
+        "video_tokens": base * clips + torch.randint(0, clips, (rows, 8), generator=gen),
+        "video_mask": torch.ones(rows, 8, dtype=torch.bool),
+        "video_ids": torch.arange(rows),
+    }
+
+
+@pytest.mark.parametrize(
+    "align_loss, paired, expected",
+    [
+        # each positive (+2) against its negative (-2): -log softmax = softplus(-4)
+        ("pairwise", True, 0.018149928),
+        # per row: BCE(+2, 1) = BCE(-2, 0) = softplus(-2)
+        ("bce", True, 0.126928011),
+        ("bce", False, 0.126928011),
+    ],
+)
+def test_alignment_labels_follow_the_true_pairs(align_loss, paired, expected) -> None:
+    """Hand-built batch whose ids tell which rows are true pairs (methods.md 1.4: the label is
+    'aligned' exactly for a sentence with its own clips): an oracle head that scores true
+    pairs high must get a near-zero alignment loss and full accuracy; with the labels
+    inverted the loss is softplus(+4) = 4.02 / softplus(+2) = 2.13 and the accuracy 0."""
+    torch.manual_seed(0)
+    rows, words, clips = 8, 12, 6  # 8 videos: words 104..199, clip tokens 0..47
+    model = tiny_model(dropout=0.0)
+    told = oracle_alignment(model, words, clips)
+    settings = Settings(
+        p_text_only=0.0,
+        p_video_only=0.0,
+        max_subsample=1,
+        mask_prob=0.01,  # one word and one clip per row: the owners stay readable
+        clip_mask_prob=0.01,
+        negative_fraction=1.0 if paired else 0.5,
+        paired_negatives=paired,
+        align_loss=align_loss,
+    )
+    with torch.no_grad():
+        terms = VideoBERTObjective(settings)(model, owned_batch(rows, words, clips))
+    aligned = told[0]
+    assert 0 < aligned.sum() < len(aligned)  # both kinds of pair were scored
+    if paired:  # rows 0-7 the positives, 8-15 their negatives
+        assert aligned.tolist() == [True] * rows + [False] * rows
+    assert terms["align"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["align_acc"] == 1.0
