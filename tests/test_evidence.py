@@ -225,3 +225,14 @@ def test_report_states_the_last_evidence_and_plots_it(tmp_path) -> None:
     assert "step 2" in line and "61.2 %" in line and "40 pairs" in line and "+0.500 nats" in line
     assert plot_training(run, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_nearest_words_literal():
+    """Each clip's nearest centroid by Euclidean distance (not inner product), as int64; no
+    centroids: -1 (no visual word) for every clip."""
+    centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 3.0]], np.float32)
+    feats = np.array([[9.0, 1.0], [0.1, 2.0], [0.2, 0.1], [4.0, 4.0]], np.float64)
+    words = nearest_words(feats, centroids)
+    assert words.dtype == np.int64 and words.tolist() == [1, 2, 0, 2]
+    none = nearest_words(feats, None)
+    assert none.dtype == np.int64 and none.tolist() == [-1, -1, -1, -1]

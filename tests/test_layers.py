@@ -88,6 +88,35 @@ def test_soft_assignment_is_softmax_of_negative_squared_distance() -> None:
     assert small.max(1).values.min() > 1.5 / 9
 
 
+def test_soft_assignment_relative_divides_each_row_by_its_median() -> None:
+    """Hand-computed: squared distances [[1, 4, 0], [4, 13, 9]], row medians 1 and 9."""
+    features = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    centroids = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+
+    def softmax(row: list[float]) -> list[float]:
+        e = [math.exp(-v / 0.5) for v in row]
+        return [v / sum(e) for v in e]
+
+    expected = torch.tensor([softmax([1.0, 4.0, 0.0]), softmax([4 / 9, 13 / 9, 1.0])])
+    got = soft_assignment(features, centroids, temperature=0.5, relative=True)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    absolute = torch.tensor([softmax([1.0, 4.0, 0.0]), softmax([4.0, 13.0, 9.0])])
+    torch.testing.assert_close(soft_assignment(features, centroids, 0.5), absolute)
+
+
+def test_soft_target_kl_of_one_row_and_of_none() -> None:
+    """One row: KL([.5, .5] || softmax([0, ln 3]) = [.25, .75]) = sum .5 (ln .5 - ln q); no row:
+    exactly 0 and still part of the graph."""
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    target = torch.tensor([[0.5, 0.5]])
+    q = [0.25, 0.75]
+    expected = sum(0.5 * (math.log(0.5) - math.log(x)) for x in q)
+    assert soft_target_kl(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    empty = torch.zeros(0, 4, requires_grad=True)
+    zero = soft_target_kl(empty, torch.zeros(0, 4))
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
 def test_soft_target_kl_matches_formula() -> None:
     logits = torch.randn(4, 6)
     target = torch.softmax(torch.randn(4, 6), -1)

@@ -61,14 +61,27 @@ def test_caption_scores_one_perfect_video():
 
 
 def test_caption_scores_bad_input():
-    with pytest.raises(ValueError, match="1 without a prediction"):
+    with pytest.raises(ValueError, match=r"^caption_scores: .* 1 without a prediction"):
         caption_scores(REFS, {"a": "x"}, use_java=False)
     with pytest.raises(ValueError, match="1 without a reference"):
         caption_scores({"a": ["x"]}, {"a": "x", "z": "y"}, use_java=False)
-    with pytest.raises(ValueError, match="no reference"):
+    with pytest.raises(
+        ValueError, match=r"^caption_scores: 1 ids have no reference \(e.g. \['a'\]"
+    ):
         caption_scores({"a": []}, {"a": "x"}, use_java=False)
     with pytest.raises(ValueError, match="nothing to score"):
         caption_scores({}, {}, use_java=False)
+
+
+def test_caption_scores_without_java_on_path(monkeypatch):
+    """No `java`: the default falls back (labelled), use_java=False never asks, True refuses."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    s = caption_scores(REFS, PREDS)
+    assert s.tokenizer == "simple" and not s.ptb_tokenized and s.unavailable == ("METEOR",)
+    off = caption_scores(REFS, PREDS, use_java=False)
+    assert off.tokenizer == "simple" and off["CIDEr"] == s["CIDEr"]
+    with pytest.raises(RuntimeError, match="no `java` on PATH"):
+        caption_scores(REFS, PREDS, use_java=True)
 
 
 def test_format_labels_the_fallback():
@@ -132,13 +145,14 @@ def test_qa_accuracy_mixes_protocols_and_rejects_bad_input():
 
 
 @pytest.mark.slow
+@pytest.mark.java
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (PTB tokenizer, METEOR)")
 def test_caption_scores_with_java_ptb_and_meteor():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     refs = {**REFS, "c": ["the green star jumps", "a star is jumping"], "d": ["a heart"]}
     preds = {**PREDS, "c": "the green star jumps", "d": ""}  # an empty caption is allowed
-    java = caption_scores(refs, preds, use_java=True)
+    java = caption_scores(refs, preds)  # the default: the published protocol when Java is there
     simple = caption_scores(refs, preds, use_java=False)
     assert java.tokenizer == "ptb" and java.ptb_tokenized and java.unavailable == ()
     # On such plain captions both tokenizers agree, so the pure-Python metrics do too.

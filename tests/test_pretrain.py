@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from corpus import F, write_corpus
 
 from pipeline.segments import SegmentStream, build_segments, loader
@@ -126,6 +127,46 @@ def test_loader_resumes_at_the_same_batch_with_several_workers(setup, workers):
     assert len(set(ref)) == 18  # distinct batches: an order change is visible
     for skip in (1, 2, 3, 5, 13):
         assert signatures(batches(skip), 4) == ref[skip : skip + 4], skip
+
+
+def test_three_ranks_take_every_third_segment(setup):
+    one = segments_of_first_epoch(setup, 0, 1)
+    ranks = [segments_of_first_epoch(setup, r, 3) for r in range(3)]
+    assert [len(r) for r in ranks] == [12, 12, 12]
+    assert ranks == [one[0::3], one[1::3], one[2::3]]
+
+
+def first_keys(shards: Path, seed: int, epochs: int) -> list[str]:
+    """The first segment's video of each epoch, with no shuffle buffer: the shard order."""
+    data = DataConfig(shards=str(shards), batch_size=1, concat_prob=0.0, shuffle_buffer=1)
+    stream = SegmentStream(data, "unused", seed=seed, epochs=epochs)
+    return [next(iter(stream.epoch_segments(e, 0, 1)))["key"] for e in range(epochs)]
+
+
+def test_shard_order_is_reshuffled_every_epoch_and_by_seed(tmp_path):
+    shards = write_corpus(tmp_path / "shards", shards=6, per_shard=1)
+    a = first_keys(shards, seed=0, epochs=8)
+    assert len(set(a)) > 1  # not the same shard first in every epoch
+    assert first_keys(shards, seed=0, epochs=8) == a  # deterministic
+    assert first_keys(shards, seed=1, epochs=8) != a  # the seed decides
+
+
+def test_a_malformed_sample_is_skipped_and_the_stream_goes_on(tmp_path, caplog):
+    """A sample whose asr.json lacks its sentences: logged, skipped, the next ones still come."""
+    shards = write_corpus(tmp_path / "shards", shards=1, per_shard=3)
+    tar = next(shards.glob("*.tar"))
+    samples = list(wds.WebDataset(str(tar), shardshuffle=False))
+    bad = next(k for k in samples[0] if k.endswith("asr.json"))
+    samples[0][bad] = b"{}"
+    with wds.TarWriter(str(tar)) as tw:
+        for sample in samples:
+            tw.write({k: v for k, v in sample.items() if k != "__url__"})
+    data = DataConfig(shards=str(shards), batch_size=1, concat_prob=0.0)
+    stream = SegmentStream(data, "unused", seed=0)
+    with caplog.at_level("WARNING", logger="vlpipe.data"):
+        keys = {seg["key"] for seg in stream.epoch_segments(0, 0, 1)}
+    assert keys == {"video001-0000abcd", "video002-0000abcd"}
+    assert "skipping sample video000-0000abcd" in caplog.text
 
 
 def test_segments_without_speech_become_16_clip_chunks():
