@@ -5,7 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.hkmeans import HierarchicalKMeans, HKMeansConfig, kmeans_plusplus_init
+from pipeline.hkmeans import (
+    HierarchicalKMeans,
+    HKMeansConfig,
+    kmeans_plusplus_init,
+    squared_distances,
+)
 
 CPU = {"use_gpu": False}
 
@@ -206,3 +211,26 @@ def test_cluster_config_builds_the_same_hkmeans_config():
         ["depth=2", "k=5", "points_per_centroid=7", "report.tiny_cluster_size=3"],
     )
     assert cfg.hkmeans() == HKMeansConfig(depth=2, k=5, points_per_centroid=7, tiny_cluster_size=3)
+
+
+def test_squared_distances_literal():
+    """[[0, 0], [3, 4]] against [[0, 0], [1, 0]]: 0, 1 / 25, 20; with the row norms given or not."""
+    x = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
+    c = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
+    expected = [[0.0, 1.0], [25.0, 20.0]]
+    np.testing.assert_allclose(squared_distances(x, c), expected)
+    np.testing.assert_allclose(squared_distances(x, c, np.array([0.0, 25.0], np.float32)), expected)
+
+
+def test_assign_batch_size_and_the_rows_a_bad_batch_names():
+    model = HierarchicalKMeans(HKMeansConfig(depth=1, k=2, **CPU))
+    model.fit(np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32))
+    x = np.random.default_rng(1).standard_normal((20, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.assign(x, batch_size=1), model.assign(x))
+    with pytest.raises(ValueError, match=r"^HierarchicalKMeans.assign: batch_size must be >= 1"):
+        model.assign(x, batch_size=0)
+    x[9, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^HierarchicalKMeans.assign: NaN/Inf in rows 7\.\.14$"):
+        model.assign(x, batch_size=7)
+    with pytest.raises(ValueError, match=r"HierarchicalKMeans.assign.*D = 3"):
+        model.assign(np.zeros((2, 4), dtype=np.float32))

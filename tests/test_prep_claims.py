@@ -97,6 +97,30 @@ def test_quick_fingerprint_sees_size_head_and_tail_only(tmp_path):
     assert quick_fingerprint(f"tar:{tmp_path / 'x.tar'}:000.mp4") is None
 
 
+def test_quick_fingerprint_literal(tmp_path):
+    """sha256 of the decimal size + the first 64 KiB + the last 64 KiB (the whole file twice
+    when it is smaller), derived here from the bytes."""
+    small = bytes(range(200))
+    big = np.random.default_rng(3).integers(0, 256, 3 * KIB64 + 5, dtype=np.uint8).tobytes()
+    for name, data, head, tail in (
+        ("small", small, small, small),
+        ("big", big, big[:KIB64], big[-KIB64:]),
+    ):
+        path = tmp_path / f"{name}.mp4"
+        path.write_bytes(data)
+        expected = hashlib.sha256(str(len(data)).encode() + head + tail).hexdigest()
+        assert quick_fingerprint(str(path)) == expected, name
+
+
+def test_find_duplicates_after_a_unique_file(tmp_path):
+    """A file with no twin before a pair of copies: the pair is still found."""
+    items = []
+    for name, data in (("a", b"unique"), ("b", b"copy"), ("c", b"copy")):
+        (tmp_path / f"{name}.mp4").write_bytes(data)
+        items.append(InputItem(key=name, path=str(tmp_path / f"{name}.mp4"), display=name))
+    assert {k: v.key for k, v in find_duplicates(items).items()} == {"c": "b"}
+
+
 def test_equal_size_head_and_tail_are_not_duplicates_without_equal_content(tmp_path):
     """Candidates sharing a quick fingerprint are merged only when their sha256 agrees."""
     a, b = near_duplicates(4 * KIB64, seed=1)
