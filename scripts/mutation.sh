@@ -24,7 +24,8 @@ TARGETS=(
   'pipeline.segments.*SegmentStream*epoch_segments*'
   'pipeline.segments.*SegmentStream*__iter__*'
   'pipeline.segments.x_loader*'
-  'pipeline.s3d_extract.*S3DExtractor*'                 # S3D input normalisation
+  'pipeline.s3d_extract.*S3DFeatureExtractor*__init__*'  # S3D input normalisation
+  'pipeline.s3d_extract.*S3DFeatureExtractor*preprocess*'
   'finetune.zeroshot.x_label_ids*'                      # zero-shot protocol
   'finetune.zeroshot.x_make_batch*'
   'finetune.zeroshot.x_topk_metrics*'
