@@ -232,5 +232,18 @@ def test_assign_batch_size_and_the_rows_a_bad_batch_names():
     x[9, 1] = np.nan
     with pytest.raises(ValueError, match=r"^HierarchicalKMeans.assign: NaN/Inf in rows 7\.\.14$"):
         model.assign(x, batch_size=7)
-    with pytest.raises(ValueError, match=r"HierarchicalKMeans.assign.*D = 3"):
+    with pytest.raises(ValueError, match=r"^HierarchicalKMeans.assign: expected D = 3 columns"):
         model.assign(np.zeros((2, 4), dtype=np.float32))
+
+
+def test_nearest_covers_every_row_of_a_large_input():
+    """More rows than the 16384-row residual chunk (twice over): every row gets its label and its
+    exact squared distance."""
+    from pipeline.hkmeans import _nearest
+
+    x = np.random.default_rng(2).standard_normal((40000, 2)).astype(np.float32)
+    c = np.array([[0.0, 0.0], [5.0, 5.0], [-5.0, 0.0]], np.float32)
+    d = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    labels, d2 = _nearest(x, c)
+    np.testing.assert_array_equal(labels, d.argmin(1))
+    np.testing.assert_allclose(d2, d.min(1), rtol=1e-5, atol=1e-6)

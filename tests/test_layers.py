@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import nce_loss, nce_with_pool_negatives, soft_assignment, soft_target_kl
+from pipeline.losses import (
+    nce_loss,
+    nce_with_pool_negatives,
+    pairwise_ranking,
+    soft_assignment,
+    soft_target_kl,
+)
 from pipeline.models.layers import (
     CoAttentionLayer,
     MultiHeadAttention,
@@ -86,6 +92,34 @@ def test_soft_assignment_is_softmax_of_negative_squared_distance() -> None:
     small = soft_assignment(features * 1e-3, centroids * 1e-3, 0.1, relative=True)
     torch.testing.assert_close(small, soft_assignment(features, centroids, 0.1, relative=True))
     assert small.max(1).values.min() > 1.5 / 9
+
+
+def test_pairwise_ranking_literal_and_ties_count_as_wrong() -> None:
+    """-log softmax over (positive, negative) per pair; accuracy counts strict wins only."""
+    loss, acc = pairwise_ranking(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]))
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(2.0)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert acc.item() == 0.5  # the tie (1 vs 1) is not a win
+
+
+@pytest.mark.parametrize(
+    ("max_negatives", "negatives_per_row"),
+    [
+        (0, [3, 3, 3, 3]),  # 0: every other pool entry
+        (3, [3, 3, 3, 3]),  # N - 1 would leave out one column: no sampling, all are used
+        (2, [1, 1, 2, 2]),  # 2 sampled columns: the 2 rows owning one of them keep 1 negative
+        (1, [0, 1, 1, 1]),  # 1 sampled column: its owner has none, the 3 others 1
+    ],
+)
+def test_pool_negatives_subsampling_counts(max_negatives, negatives_per_row) -> None:
+    """Pool = 4 orthonormal rows, each query its own pool row: positive 1/τ = 2, every
+    negative 0, so a row with k negatives loses log(1 + k e^-2); the mean is exact whichever
+    columns the sampling draws."""
+    pool = torch.eye(4)
+    expected = sum(math.log(1 + k * math.exp(-2.0)) for k in negatives_per_row) / 4
+    torch.manual_seed(0)
+    loss = nce_with_pool_negatives(pool, pool, torch.arange(4), 0.5, max_negatives)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_soft_assignment_relative_divides_each_row_by_its_median() -> None:
