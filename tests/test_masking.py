@@ -252,3 +252,16 @@ def test_cbt_objective_masks_15_percent_of_clips_and_words() -> None:
         expected = (n * BERT_RATE + (1 - BERT_RATE) ** n) / n
         share = chosen.float().mean().item()
         assert within(share, expected, chosen.numel()), f"{key}: {share:.4f} vs {expected:.4f}"
+
+
+def test_mask_tokens_forces_a_choice_in_every_row_that_drew_none() -> None:
+    """Row by row: a row that drew a choice does not spare the others. Row 0 has 200 candidates
+    (it always draws some at 15 %), the 99 rows below one candidate each (most draw none)."""
+    ids = torch.arange(100 * 200).view(100, 200)
+    candidates = torch.zeros(100, 200, dtype=torch.bool)
+    candidates[0] = True
+    candidates[1:, 7] = True
+    _, labels = mask_tokens(ids, candidates, 0, 100, 0.15, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert chosen[0].sum() > 1
+    assert chosen[1:, 7].all() and chosen[1:].sum() == 99

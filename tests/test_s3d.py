@@ -454,3 +454,13 @@ def test_separable_max_pool_is_bit_identical_to_the_reference_pools(tf_same):
             out = separable(x)
             assert torch.equal(out, pool(x)), (pool, (t, h, w))
             assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_extractor_engines():
+    """engine="reference" runs the S3D modules as given, "fused" the fused copy; others refused."""
+    model, _ = load_s3d(None, "s3dg_howto100m")
+    cfg = S3D_VARIANTS["s3dg_howto100m"]
+    assert S3DFeatureExtractor(model, cfg, engine="reference").model is model
+    assert isinstance(S3DFeatureExtractor(model, cfg, engine="fused").model, FusedS3D)
+    with pytest.raises(ValueError, match=r"^unknown S3D engine 'turbo'; expected one of"):
+        S3DFeatureExtractor(model, cfg, engine="turbo")
