@@ -146,6 +146,8 @@ def test_format_caption_scores_exact_text():
     assert format_caption_scores(CaptionScores(values, "ptb", ())) == (
         TABLE_HEAD + "| 76.13 | 5.00 | 0.00 | 100.00 | 25.50 | 70.89 | 531.53 |"
     )  # the published protocol: no label
+    two = CaptionScores(values, "simple", ("METEOR", "CIDEr"))
+    assert "; unavailable: METEOR, CIDEr. Not comparable" in format_caption_scores(two)
     # Not PTB-tokenised with nothing unavailable: the label still says so.
     assert format_caption_scores(CaptionScores(values, "simple", ())).endswith(
         "\n\nNot PTB-tokenised (no Java): simple tokenizer; unavailable: none. "
