@@ -72,6 +72,10 @@ def test_caption_scores_bad_input():
         ValueError, match=r"^caption_scores: 1 ids have no reference \(e.g. \['a'\]"
     ):
         caption_scores({"a": []}, {"a": "x"}, use_java=False)
+    with pytest.raises(  # blank references are none (CIDEr would crash on them)
+        ValueError, match=r"^caption_scores: 1 ids have no reference \(e.g. \['b'\]"
+    ):
+        caption_scores({"a": ["", "a cat"], "b": [" "]}, {"a": "x", "b": "y"}, use_java=False)
     with pytest.raises(ValueError, match=r"^caption_scores: nothing to score \(no references\)$"):
         caption_scores({}, {}, use_java=False)
 
