@@ -126,14 +126,15 @@ def caption_scores(
     references: id -> one or more reference captions (e.g. a YouCook2 segment, an MSR-VTT
     video's 20 sentences); predictions: id -> the generated caption, for exactly those ids.
     use_java: None = PTB + METEOR when `java` is on PATH, else the labelled fallback; True
-    requires Java. Raises ValueError on mismatched ids or an id without references.
+    requires Java. Raises ValueError on mismatched ids or an id without a non-blank reference.
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     _check_ids("caption_scores", references, predictions)
-    empty = [k for k, refs in references.items() if not refs]
+    # A blank reference is no reference: all-blank ones would crash CIDEr's document frequencies.
+    empty = [k for k, refs in references.items() if not any(r.strip() for r in refs)]
     if empty:
         raise ValueError(f"caption_scores: {len(empty)} ids have no reference (e.g. {empty[:5]})")
     java = shutil.which("java") is not None if use_java is None else use_java

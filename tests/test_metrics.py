@@ -6,12 +6,14 @@ from the evaluated references, sigma 6 and the x10 factor.
 """
 
 import math
+import re
 import shutil
 
 import pytest
 
 from finetune.metrics import (
     CAPTION_KEYS,
+    CaptionScores,
     caption_scores,
     format_caption_scores,
     qa_accuracy,
@@ -29,8 +31,9 @@ REFS = {"a": ["The red square spins."], "b": ["a blue cross jumps"]}
 PREDS = {"a": "the red square", "b": "A blue cross jumps!"}
 
 
-def test_caption_scores_hand_computed_without_java():
+def test_caption_scores_hand_computed_without_java(capsys):
     s = caption_scores(REFS, PREDS, use_java=False)
+    assert capsys.readouterr().out == ""  # pycocoevalcap's BLEU prints its counts unless told
     assert list(s) == list(CAPTION_KEYS)
     assert s.tokenizer == "simple" and not s.ptb_tokenized and s.unavailable == ("METEOR",)
     assert math.isnan(s["METEOR"])
@@ -69,24 +72,91 @@ def test_caption_scores_bad_input():
         ValueError, match=r"^caption_scores: 1 ids have no reference \(e.g. \['a'\]"
     ):
         caption_scores({"a": []}, {"a": "x"}, use_java=False)
-    with pytest.raises(ValueError, match="nothing to score"):
+    with pytest.raises(  # blank references are none (CIDEr would crash on them)
+        ValueError, match=r"^caption_scores: 1 ids have no reference \(e.g. \['b'\]"
+    ):
+        caption_scores({"a": ["", "a cat"], "b": [" "]}, {"a": "x", "b": "y"}, use_java=False)
+    with pytest.raises(ValueError, match=r"^caption_scores: nothing to score \(no references\)$"):
         caption_scores({}, {}, use_java=False)
 
 
-def test_caption_scores_without_java_on_path(monkeypatch):
+def test_bad_ids_are_named_five_at_most():
+    refs = {k: ["a cat"] for k in "abcdefg"}  # 7 ids, none predicted
+    preds = {k: "a cat" for k in "uvwxyz"}  # 6 ids, none referenced
+    message = (
+        "caption_scores: predictions and references must have the same ids; "
+        "7 without a prediction (e.g. ['a', 'b', 'c', 'd', 'e']), "
+        "6 without a reference (e.g. ['u', 'v', 'w', 'x', 'y'])"
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        caption_scores(refs, preds, use_java=False)
+    message = "caption_scores: 6 ids have no reference (e.g. ['a', 'b', 'c', 'd', 'e'])"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        caption_scores({k: [] for k in "abcdef"}, {k: "x" for k in "abcdef"}, use_java=False)
+
+
+def test_caption_scores_without_java_on_path(monkeypatch, tmp_path):
     """No `java`: the default falls back (labelled), use_java=False never asks, True refuses."""
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    asked: list[str] = []
+    monkeypatch.setattr(shutil, "which", lambda name: asked.append(name))  # finds nothing
+    monkeypatch.setenv("PATH", str(tmp_path))  # nor could a JVM subprocess start
     s = caption_scores(REFS, PREDS)
+    assert asked == ["java"]
     assert s.tokenizer == "simple" and not s.ptb_tokenized and s.unavailable == ("METEOR",)
+    asked.clear()
     off = caption_scores(REFS, PREDS, use_java=False)
+    assert asked == []
     assert off.tokenizer == "simple" and off["CIDEr"] == s["CIDEr"]
-    with pytest.raises(RuntimeError, match="no `java` on PATH"):
+    with pytest.raises(RuntimeError, match=r"^caption_scores\(use_java=True\): no `java` on PATH$"):
         caption_scores(REFS, PREDS, use_java=True)
+    assert asked == ["java"]
+
+
+def test_caption_scores_attributes():
+    ptb = CaptionScores({"BLEU-1": 50.0}, "ptb", ())
+    assert dict(ptb) == {"BLEU-1": 50.0}
+    assert (ptb.tokenizer, ptb.ptb_tokenized, ptb.unavailable) == ("ptb", True, ())
+    simple = CaptionScores({"BLEU-1": 50.0}, "simple", ("METEOR",))
+    assert (simple.tokenizer, simple.ptb_tokenized, simple.unavailable) == (
+        "simple",
+        False,
+        ("METEOR",),
+    )
 
 
 def test_format_labels_the_fallback():
     text = format_caption_scores(caption_scores(REFS, PREDS, use_java=False))
     assert "| n/a |" in text and "Not PTB-tokenised" in text and "METEOR" in text
+
+
+TABLE_VALUES = [76.13, 5.0, 0.004, 100.0, math.nan, 70.8904, 531.5275]
+TABLE_HEAD = (
+    "| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr |\n"
+    "|---|---|---|---|---|---|---|\n"
+)
+
+
+def test_format_caption_scores_exact_text():
+    simple = CaptionScores(
+        dict(zip(CAPTION_KEYS, TABLE_VALUES, strict=True)), "simple", ("METEOR",)
+    )
+    assert format_caption_scores(simple) == (
+        TABLE_HEAD + "| 76.13 | 5.00 | 0.00 | 100.00 | n/a | 70.89 | 531.53 |\n"
+        "\n"
+        "Not PTB-tokenised (no Java): simple tokenizer; unavailable: METEOR. "
+        "Not comparable with published pycocoevalcap figures."
+    )
+    values = dict(zip(CAPTION_KEYS, TABLE_VALUES, strict=True), METEOR=25.5)
+    assert format_caption_scores(CaptionScores(values, "ptb", ())) == (
+        TABLE_HEAD + "| 76.13 | 5.00 | 0.00 | 100.00 | 25.50 | 70.89 | 531.53 |"
+    )  # the published protocol: no label
+    two = CaptionScores(values, "simple", ("METEOR", "CIDEr"))
+    assert "; unavailable: METEOR, CIDEr. Not comparable" in format_caption_scores(two)
+    # Not PTB-tokenised with nothing unavailable: the label still says so.
+    assert format_caption_scores(CaptionScores(values, "simple", ())).endswith(
+        "\n\nNot PTB-tokenised (no Java): simple tokenizer; unavailable: none. "
+        "Not comparable with published pycocoevalcap figures."
+    )
 
 
 def test_simple_tokenizer_follows_ptb_conventions():
@@ -96,6 +166,9 @@ def test_simple_tokenizer_follows_ptb_conventions():
     )
     assert simple_tokenize("U.S. army; cannot go") == "u.s. army can not go"
     assert simple_tokenize("") == ""
+    # Line breaks separate words; double quotes are dropped (PTB turns them into `` and '').
+    assert simple_tokenize("Two\nLines") == "two lines"
+    assert simple_tokenize('He said "hi"') == "he said hi"
 
 
 def test_qa_exact_match_has_no_normalisation():
@@ -120,6 +193,14 @@ def test_qa_exact_match_has_no_normalisation():
         ("two", ["2"] * 3 + ["two"] + ["3"] * 6, 0.9),
         # Answers that disagree get the punctuation step ("black-white" -> "black white").
         ("black white", ["black-white"] * 3 + ["gray"] * 7, 0.9),
+        # ... and identical answers do not: the prediction "black-white" becomes "black white"
+        # ("-" has no space beside it: spaced out), the ten answers stay "black-white".
+        ("black-white", ["black-white"] * 10, 0.0),
+        # Line breaks and tabs in the prediction become spaces before the punctuation step, so
+        # "-" now has a space beside it and is removed everywhere: "a-b - c" -> "ab  c" ->
+        # "ab c" (with the raw "\n" it would be spaced out: "a b c").
+        ("a-b\n-\nc", ["ab c"] * 10, 1.0),
+        ("a-b\t-\tc", ["ab c"] * 10, 1.0),
     ],
 )
 def test_vqa_accuracy_hand_computed(prediction, answers, expected):
@@ -132,16 +213,28 @@ def test_vqa_normalisation_steps():
     assert vqa_process_punctuation("black/white") == "black white"  # no space: spaced out
     assert vqa_process_punctuation("1,000 dogs.") == "1000 dogs"  # digit comma: all removed
     assert vqa_process_punctuation("3.5") == "3.5"  # a period before a digit stays
+    assert vqa_process_punctuation("a !b") == "a b"  # a space before "!": removed
+    # The official re.UNICODE passed as `count` (32): a 33rd bare period stays.
+    assert vqa_process_punctuation("." * 33) == "."
     assert vqa_process_digit_article("The Two dont") == "2 don't"
 
 
 def test_qa_accuracy_mixes_protocols_and_rejects_bad_input():
     answers = {"q1": "star", "q2": ["yes"] * 2 + ["no"] * 8}
     assert qa_accuracy(answers, {"q1": "star", "q2": "yes"}) == pytest.approx(100 * 1.6 / 2)
-    with pytest.raises(ValueError, match="expected 1 .* or 10"):
+    message = (
+        "qa_accuracy: question 'q' has 3 answers; expected 1 (exact match) or 10 (VQA accuracy)"
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         qa_accuracy({"q": ["a", "b", "c"]}, {"q": "a"})
-    with pytest.raises(ValueError, match="without a prediction"):
+    message = (
+        "qa_accuracy: predictions and references must have the same ids; "
+        "1 without a prediction (e.g. ['r']), 0 without a reference (e.g. [])"
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         qa_accuracy({"q": "a", "r": "b"}, {"q": "a"})
+    with pytest.raises(ValueError, match=r"^qa_accuracy: nothing to score"):
+        qa_accuracy({}, {})
 
 
 @pytest.mark.slow
@@ -158,7 +251,16 @@ def test_caption_scores_with_java_ptb_and_meteor():
     # On such plain captions both tokenizers agree, so the pure-Python metrics do too.
     for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
         assert java[key] == pytest.approx(simple[key])
-    assert 0 < java["METEOR"] < 100
+    # METEOR 1.5 (en: alpha 0.85, beta 0.2, gamma 0.6, delta 0.75) on the statistics summed over
+    # the four videos, the best reference of c (the exact one) counting. Every predicted word
+    # matches exactly: P = 1. Reference words: 14, of which 4 function words ("the" x2, "a" x2),
+    # matched 8 of 10 content words ("spins", "heart" not) and 3 of 4 function words:
+    # R = (0.75 * 8 + 0.25 * 3) / (0.75 * 10 + 0.25 * 4); Fmean = P R / (0.85 P + 0.15 R).
+    # Chunks: 1 (video a; an exact match counts none), over 11 matched words: the penalty is
+    # 0.6 * (1 / 11) ** 0.2.
+    recall = (0.75 * 8 + 0.25 * 3) / (0.75 * 10 + 0.25 * 4)
+    fmean = recall / (0.85 + 0.15 * recall)
+    assert java["METEOR"] == pytest.approx(100 * fmean * (1 - 0.6 * (1 / 11) ** 0.2), rel=1e-6)
     sentences = [
         "The man's dog doesn't run.",
         "A t-shirt (red) costs $5.50!",

