@@ -40,7 +40,10 @@ def outcomes(globs: list[str]) -> dict[str, str]:
 
 def diff(name: str) -> str:
     r = subprocess.run(
-        [str(ROOT / ".venv/bin/mutmut"), "show", name], cwd=ROOT, capture_output=True, text=True
+        [str(Path(sys.executable).parent / "mutmut"), "show", name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     return "\n".join(x for x in r.stdout.splitlines() if x[:2] in ("- ", "+ "))
 
