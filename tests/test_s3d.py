@@ -319,6 +319,10 @@ def test_preprocessing_rejects_other_dtypes_and_odd_sizes():
     model = S3D(S3D_VARIANTS["s3dg_howto100m"])
     with pytest.raises(ValueError, match="uint8"):
         S3DFeatureExtractor(model, S3D_VARIANTS["s3dg_howto100m"]).preprocess(clips.astype(float))
+    with pytest.raises(ValueError, match=r"RGB, got torch.uint8 \(1, 2, 4, 4, 4\)"):
+        S3DFeatureExtractor(model, S3D_VARIANTS["s3dg_howto100m"]).preprocess(
+            np.zeros((1, 2, 4, 4, 4), dtype=np.uint8)  # 4 channels
+        )
     with pytest.raises(ValueError, match="even T, H, W"):
         model(torch.zeros(1, 3, 3, 64, 64))
 
