@@ -54,7 +54,7 @@ def main(globs: list[str]) -> int:
     by_module: dict[str, Counter] = defaultdict(Counter)
     open_survivors = []
     for name, outcome in sorted(found.items()):
-        module = name.split(".x")[0].split(".xǁ")[0]
+        module = name.split(".x")[0]  # "pkg.mod.x_func__mutmut_3", "pkg.mod.xǁClassǁm__..."
         if outcome == "survived" and name in known:
             outcome = "equivalent"
         elif outcome == "survived":
@@ -75,7 +75,8 @@ def main(globs: list[str]) -> int:
     row = " | ".join(str(total[k]) for k in cols)
     print(f"| **all** | {sum(total.values())} | {row} | {score:.0f} % |")
     print("\nscore = (killed + timeout) / (killed + survived + timeout); equivalent mutants aside")
-    stale = sorted(set(known) - set(found)) if not globs else []
+    in_scope = {n for n in known if not globs or any(fnmatch.fnmatch(n, g) for g in globs)}
+    stale = sorted(in_scope - set(found))
     if stale:
         print(f"\n{len(stale)} entries of mutation_equivalent.txt name no mutant (code changed):")
         print("\n".join(f"  {n}" for n in stale))
