@@ -29,7 +29,12 @@ from machine import cpu_name  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.finetune_config import FinetuneConfig  # noqa: E402
 from pipeline.stats import mean_std  # noqa: E402
-from vlpipe.demo import CORPUS, annotation_files, finetune_and_test  # noqa: E402
+from vlpipe.demo import (  # noqa: E402
+    CORPUS,
+    annotation_files,
+    finetune_and_test,
+    model_overrides,
+)
 from vlpipe.report import HEADLINE  # noqa: E402
 
 VARIANTS = {
@@ -78,6 +83,7 @@ def main() -> int:
                             f"data.train=[{','.join(files['train'])}]",
                             f"data.val=[{','.join(files['val'])}]",
                             f"data.fraction={fraction}",
+                            *model_overrides(args.model, task),
                             *args.overrides,
                         ],
                     )

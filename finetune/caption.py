@@ -14,9 +14,13 @@ Deliberate deviation from VideoBERT's captioning protocol (methods.md 1.7): ther
 VideoBERT features (video outputs and the masked slots of a fill-in template, averaged and
 concatenated, + S3D) feed the transformer encoder-decoder of Zhou et al. 2018. Here, for any
 backbone, the decoder attends to every clip's output and the backbone is fine-tuned with it
-(`backbone_lr_mult` scales its learning rate), as issue 10 specifies. With `use_transcript` the ASR sentences overlapping the segment are
-the backbone's text input and the decoder attends to [video ; transcript] outputs, each with its
-own projection.
+(`backbone_lr_mult` scales its learning rate), as issue 10 specifies. With `use_transcript` the
+ASR sentences overlapping the segment are the backbone's text input and the decoder attends to
+[video ; transcript] outputs, each with its own projection. With `prompt` (VideoBERT's fill-in
+template of methods.md 1.7) the template is that text instead: its [MASK] slots are filled from
+the video by the pretrained model, and the decoder attends to every template output (the paper
+averages the slot outputs and the video outputs and concatenates the two means; here the
+cross-attention pools them, as it pools the clips).
 
 Training is teacher forcing: input `[CLS] w1 .. wn`, target `w1 .. wn [SEP]`; padding has label
 -100 and never enters the loss (UniVL pads with 0 but ignores -1, so its padding is in its loss:
@@ -31,7 +35,7 @@ cache ("'DynamicCache' object has no attribute 'is_updated'"); an explicit
 states across beams itself, so they are passed once per video (methods.md 10; pinned by
 tests/test_caption.py).
 
-Legend: B videos / segments, T clips, L transcript tokens, M = T (+ L) memory rows,
+Legend: B videos / segments, T clips, L transcript (or prompt) tokens, M = T (+ L) memory rows,
 N caption tokens, D decoder width, V WordPiece vocabulary.
 """
 
@@ -266,6 +270,10 @@ class CaptionTask(FinetuneTask):
     def __init__(self, cfg: FinetuneConfig, state: dict[str, Any] | None = None) -> None:
         check_positions(cfg)  # before any annotation is read
         super().__init__(cfg, state)
+        if self.settings.prompt:  # the same text beside every video (module doc)
+            prompt = self.tokens(self.settings.prompt)
+            for e in [*self.train_examples, *self.val_examples]:
+                e.extra["transcript"] = prompt
         if self.settings.use_transcript:
             examples = [*self.train_examples, *self.val_examples]
             sentences = read_transcripts(cfg.data.shards, {e.key for e in examples})
@@ -276,7 +284,8 @@ class CaptionTask(FinetuneTask):
         return {}
 
     def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
-        return CaptionHead(backbone, self.settings.decoder_layers, self.settings.use_transcript)
+        s = self.settings
+        return CaptionHead(backbone, s.decoder_layers, s.use_transcript or bool(s.prompt))
 
     def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
         """Segment batch (+ the transcript as text) and, training, `caption_ids` [B, N]

@@ -1,8 +1,19 @@
 """Video question answering: open-ended (a classifier over the top-K answers) and multiple choice.
 
-Open-ended (MSRVTT-QA, MSVD-QA, ActivityNet-QA, TGIF FrameQA; methods.md 3.6): the question is
-the text beside the video; the model's pooled output goes through the two-layer classifier of
-vilbert-multi-task (Linear, GELU, LayerNorm, Linear) over the K most frequent training answers.
+Open-ended (MSRVTT-QA, MSVD-QA, ActivityNet-QA, TGIF FrameQA): scores over the K most frequent
+training answers, read one of two ways (`head.reader`):
+
+* `classifier` (methods.md 3.6): the question is the text beside the video; the model's pooled
+  output goes through the two-layer classifier of vilbert-multi-task (Linear, GELU, LayerNorm,
+  Linear).
+* `masked_lm` (FrozenBiLM, Yang et al. NeurIPS 2022): the text is `head.template` with the
+  question in it ("question: ... answer: [MASK]."), and an answer's score is the backbone's own
+  masked-LM logit at the [MASK], averaged over the answer's WordPiece tokens (FrozenBiLM's mean of
+  the answer's token embeddings, through the tied decoder). No new weight: what pretraining taught
+  the model about filling words from the video is the answer reader from step 0, so it also
+  answers zero-shot. The text-only baseline (`init=text`) reads through the text checkpoint's MLM
+  head, or a freshly initialised transform where the checkpoint ships none (MiniLM).
+
 One answer per question: cross entropy. Several annotator answers (VQA style): the soft score
 min(count, 4)-based target (0, .3, .6, .9, 1) with `BCEWithLogits * K` as in the reference.
 At test time an answer outside the K counts as wrong; accuracy is `finetune.metrics.qa_accuracy`
@@ -29,6 +40,7 @@ from finetune.metrics import qa_accuracy
 from finetune.task import Example, FinetuneTask
 from pipeline.config import ConfigError
 from pipeline.finetune_config import MCSettings, QASettings
+from pipeline.models import model_class
 from pipeline.models.base import VLPreTrainedModel
 
 VQA_SCORE = (0.0, 0.3, 0.6, 0.9, 1.0)  # soft score by number of annotators giving the answer
@@ -53,10 +65,45 @@ class AnswerHead(nn.Module):
         return {"logits": self.net(pooled)}
 
 
+class MaskedAnswerHead(nn.Module):
+    """Answer scores [B, K] from the backbone's masked-LM logits at the batch's `answer_slot`
+    (module doc); `answer_ids` [K, A] are the answers' WordPiece ids, padded with -1."""
+
+    def __init__(self, answer_ids: list[list[int]]) -> None:
+        super().__init__()
+        width = max(1, max(len(a) for a in answer_ids))
+        ids = torch.full((len(answer_ids), width), -1, dtype=torch.long)
+        for k, a in enumerate(answer_ids):
+            ids[k, : len(a)] = torch.tensor(a, dtype=torch.long)
+        # Buffers, not parameters: rebuilt from the answer list, so not saved with the head.
+        self.register_buffer("answer_ids", ids, persistent=False)  # [K, A]
+
+    def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
+        logits = backbone.masked_text_logits(batch)  # [B, L, V]
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        at_slot = logits[rows, batch["answer_slot"]]  # [B, V]
+        real = self.answer_ids >= 0  # [K, A]
+        per_token = at_slot[:, self.answer_ids.clamp(min=0)]  # [B, K, A]
+        scores = (per_token * real).sum(-1) / real.sum(-1)  # [B, K]
+        return {"logits": scores}
+
+
 class QATask(FinetuneTask):
     """Open-ended QA (module doc)."""
 
     settings: QASettings
+
+    def check_backbone(self) -> None:
+        """Also refuse, before any work, the masked_lm reader on a backbone whose masked-LM
+        head never sees the video (CBT): it could only learn the language prior."""
+        super().check_backbone()
+        if self.settings.reader == "masked_lm" and not (
+            model_class(self.backbone_name).masked_lm_sees_video
+        ):
+            raise ConfigError(
+                f"head.reader: masked_lm reads {self.backbone_name}'s masked-LM head, which never "
+                "sees the video; use head.reader=classifier"
+            )
 
     def prepare(self, examples: list[Example]) -> dict[str, Any]:
         counts = Counter(a for e in examples for a in set(e.item.answers))
@@ -76,8 +123,35 @@ class QATask(FinetuneTask):
 
     def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
         s = self.settings
+        if s.reader == "masked_lm":
+            return MaskedAnswerHead([self.answer_tokens(a) for a in self.state["answers"]])
         dim = backbone.encode_dims["pooled"]
         return AnswerHead(dim, len(self.state["answers"]), s.hidden_mult, s.dropout)
+
+    def answer_tokens(self, answer: str) -> list[int]:
+        """WordPiece ids of an answer ([UNK] for one the tokenizer gives nothing for)."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return ids or [self.tokenizer.unk_token_id]
+
+    def prompt(self, question: str) -> tuple[list[int], int]:
+        """masked_lm: the template's ids with the question in it, and the [MASK] position.
+
+        The question is cut so the whole text fits `data.max_text_tokens` and the [MASK] stays.
+        """
+        before, after = self.settings.template.split("{question}")
+        mask, mask_id = self.tokenizer.mask_token, self.tokenizer.mask_token_id
+        masked_part = before if mask in before else after
+        head, tail = (self._ids(x) for x in masked_part.split(mask))
+        other = self._ids(after if mask in before else before)
+        room = max(0, self.cfg.data.max_text_tokens - len(head) - len(tail) - len(other) - 1)
+        question_ids = self._ids(question)[:room]
+        if mask in before:  # [MASK] ... question ...
+            return [*head, mask_id, *tail, *question_ids, *other], len(head)
+        ids = [*other, *question_ids, *head]
+        return [*ids, mask_id, *tail], len(ids)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def target(self, answers: tuple[str, ...]) -> np.ndarray:
         """[K] target: one-hot for one answer, VQA soft scores for several."""
@@ -92,7 +166,12 @@ class QATask(FinetuneTask):
         return out
 
     def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
-        batch = self.collate(examples, [self.tokens(e.item.question) for e in examples])
+        if self.settings.reader == "masked_lm":
+            prompts = [self.prompt(e.item.question) for e in examples]
+            batch = self.collate(examples, [ids for ids, _ in prompts])
+            batch["answer_slot"] = torch.tensor([slot for _, slot in prompts])
+        else:
+            batch = self.collate(examples, [self.tokens(e.item.question) for e in examples])
         if train:
             batch["targets"] = torch.from_numpy(
                 np.stack([self.target(e.item.answers) for e in examples])

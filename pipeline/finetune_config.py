@@ -54,15 +54,23 @@ class FinetuneDataConfig:
 
 @dataclass
 class QASettings:
-    """Open-ended QA: a classifier over the most frequent training answers (methods.md 3.6)."""
+    """Open-ended QA over the most frequent training answers: a classifier on the pooled output
+    (methods.md 3.6) or the backbone's masked-LM head at a [MASK] after the question (FrozenBiLM,
+    Yang et al. 2022); finetune/qa.py."""
 
     answers: int = 1000  # K most frequent training answers; others count as wrong at test time
-    hidden_mult: int = 2  # MLP width = this x pooled width (vilbert-multi-task SimpleClassifier)
-    dropout: float = 0.1  # before the classifier
+    reader: str = "classifier"  # classifier (pooled -> MLP) | masked_lm (MLM head at [MASK])
+    template: str = "question: {question} answer: [MASK]."  # masked_lm: text beside the video
+    hidden_mult: int = 2  # classifier: MLP width = this x pooled width (SimpleClassifier)
+    dropout: float = 0.1  # classifier: before the MLP
     soft_targets: bool = True  # VQA soft scores when a question has several annotator answers
 
     def validate(self) -> None:
         check_range("answers", self.answers, 1)
+        if self.reader not in ("classifier", "masked_lm"):
+            raise ConfigError(f"reader: classifier or masked_lm, got {self.reader!r}")
+        if self.template.count("[MASK]") != 1 or "{question}" not in self.template:
+            raise ConfigError(f"template: needs {{question}} and one [MASK], got {self.template!r}")
         check_range("hidden_mult", self.hidden_mult, 0, 16)
         check_range("dropout", self.dropout, -1e-9, 0.999)
 
@@ -89,6 +97,10 @@ class CaptionSettings:
     num_beams: int = 1  # 1 = greedy; 5 is common for reported numbers
     no_repeat_ngram_size: int = 0  # 0 = off; 3 blocks repeated trigrams
     use_transcript: bool = False  # also attend to the ASR transcript of the segment
+    # Text beside the video instead of a transcript, the decoder attending to its outputs too:
+    # VideoBERT's fill-in template (methods.md 1.7), "now let's [MASK] the [MASK] to the
+    # [MASK], and then [MASK] the [MASK].", whose [MASK] slots the backbone fills from the video.
+    prompt: str = ""  # "" = none
     label_smoothing: float = 0.0  # teacher-forcing cross entropy
     java_metrics: bool = True  # PTB tokenizer + METEOR (Java, ~15 s per evaluation) if on PATH
 
@@ -98,6 +110,8 @@ class CaptionSettings:
         check_range("num_beams", self.num_beams, 0, 64)
         check_range("no_repeat_ngram_size", self.no_repeat_ngram_size, -1, 10)
         check_range("label_smoothing", self.label_smoothing, -1e-9, 0.5)
+        if self.prompt and self.use_transcript:
+            raise ConfigError("prompt: the transcript is the text beside the video; use one")
 
 
 @dataclass

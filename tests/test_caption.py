@@ -18,7 +18,7 @@ from corpus import write_corpus, write_pretrained_runs
 
 from finetune.caption import CaptionTask
 from finetune.task import load_finetuned
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.engine import train
 from pipeline.finetune_config import FinetuneConfig
 from pipeline.io import read_jsonl
@@ -226,6 +226,30 @@ def test_transcript_is_a_second_input(data, tmp_path):
     assert states.shape[:2] == (4, T + L) and mask[:, T:].any()
     task.loss(net, batch)["loss"].backward()
     assert all(p.grad.abs().sum() > 0 for p in net.head.text_proj.parameters())
+
+
+def test_prompt_is_the_text_beside_every_video(data, tmp_path):
+    """VideoBERT's fill-in template (methods.md 1.7): the same text for every segment, its
+    outputs in the decoder's memory, saved with the run and used again by evaluation."""
+    prompt = "now let's [MASK] the [MASK] to the [MASK], and then [MASK] the [MASK]."
+    task = CaptionTask(config(data, "videobert", tmp_path / "run", f"head.prompt={prompt!r}"))
+    ids = task.tokens(prompt)
+    assert ids.count(task.tokenizer.mask_token_id) == 5
+    assert all(e.extra["transcript"] == ids for e in [*task.train_examples, *task.val_examples])
+    net = task.build_model()
+    batch = first_batch(task)
+    assert (batch["text_ids"] == torch.tensor(ids)).all() and batch["text_mask"].all()
+    states, mask = net.head.memory(net.backbone, batch)
+    T = batch["video_mask"].shape[1]
+    assert states.shape[:2] == (4, T + len(ids)) and mask[:, T:].all()
+    task.loss(net, batch)["loss"].backward()
+    assert all(p.grad.abs().sum() > 0 for p in net.head.text_proj.parameters())
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    task.export(net, tmp_path / "run" / "model")
+    loaded_task, _ = load_finetuned(tmp_path / "run")
+    assert all(e.extra["transcript"] == ids for e in loaded_task.val_examples)
+    with pytest.raises(ConfigError, match="use one"):
+        config(data, "videobert", tmp_path / "r2", "head.prompt=x", "head.use_transcript=true")
 
 
 def test_blind_memory_carries_nothing_of_the_video(data, tmp_path):

@@ -22,7 +22,7 @@ from finetune.task import load_finetuned
 from pipeline.config import ConfigError, load_config
 from pipeline.finetune_config import FinetuneConfig
 from pipeline.io import read_jsonl
-from pipeline.models import MODELS
+from pipeline.models import MODELS, model_class
 from pipeline.shards import decode_sample, shard_urls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,11 +108,16 @@ def task_of(cfg: FinetuneConfig):
 
 
 @pytest.mark.parametrize("model", MODELS.names())
-@pytest.mark.parametrize("task", ["qa", "mc", "classify"])
+@pytest.mark.parametrize("task", ["qa", "qa-masked_lm", "mc", "classify"])
 def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
     torch.manual_seed(0)
-    extra = ["head.mode=full"] if task == "classify" else []
+    extra = {"classify": ["head.mode=full"], "qa-masked_lm": ["head.reader=masked_lm"]}
+    extra, task = extra.get(task, []), task.split("-")[0]
     cfg = config(data, model, task, tmp_path / "run", *extra)
+    if extra and "masked_lm" in extra[0] and not model_class(model).masked_lm_sees_video:
+        with pytest.raises(ConfigError, match="never sees the video"):
+            task_of(cfg)  # CBT: refused before any work
+        return
     t = task_of(cfg)
     assert len(t.train_examples) >= 8 and t.val_examples
     net = t.build_model()
@@ -327,3 +332,42 @@ def test_zero_shot_classification_on_a_label_file(data, tmp_path, model):
     bad = tmp_path / "bad.txt"
     bad.write_text("no placeholder here\n")
     assert main([*args, "--templates", str(bad)]) == 2
+
+
+def test_masked_lm_reader_prompt_and_scores(data, tmp_path):
+    """The [MASK] slot of the template, the question cut to fit, and an answer's score = the mean
+    of the masked-LM logits of its WordPiece tokens at that slot (designed logits)."""
+    cfg = config(
+        data, "videobert", "qa", tmp_path / "run", "head.reader=masked_lm", "data.max_text_tokens=8"
+    )
+    t = task_of(cfg)
+    tok = t.tokenizer
+    ids, slot = t.prompt("what does the red square do?")
+    # "question : <question cut> answer : [MASK] ." is 8 tokens: 2 + 2 + 2 + 1 + 1.
+    assert len(ids) == 8 and ids[slot] == tok.mask_token_id and slot == 6
+    assert tok.convert_ids_to_tokens(ids) == [
+        "question", ":", "what", "does", "answer", ":", "[MASK]", ".",
+    ]  # fmt: skip
+    from finetune.qa import MaskedAnswerHead
+
+    before = t.prompt("spin?")  # short: nothing cut
+    assert tok.decode(before[0]) == "question : spin? answer : [MASK]."
+    head = MaskedAnswerHead([[5], [7, 9], [11, 12, 13]])
+
+    class Designed(torch.nn.Module):
+        def masked_text_logits(self, batch):
+            out = torch.zeros(2, 4, 20)
+            out[0, 1] = torch.arange(20.0)  # row 0 reads slot 1: logit of token k is k
+            out[1, 3] = -torch.arange(20.0)  # row 1 reads slot 3: logit of token k is -k
+            out[1, 1] = 100.0  # not row 1's slot: must not be read
+            return out
+
+    scores = head(Designed(), {"answer_slot": torch.tensor([1, 3])})["logits"]
+    expected = torch.tensor([[5.0, 8.0, 12.0], [-5.0, -8.0, -12.0]])
+    assert torch.equal(scores, expected)
+    # The [MASK] may also come first, and a template without it is refused before any work.
+    t.settings.template = "[MASK] is the answer to {question}"
+    ids, slot = t.prompt("what spins?")
+    assert slot == 0 and ids[0] == tok.mask_token_id
+    with pytest.raises(ConfigError, match="one \\[MASK\\]"):
+        config(data, "videobert", "qa", tmp_path / "r2", "head.template='{question} answer'")

@@ -101,6 +101,16 @@ def annotation_files(labels: dict, task: str) -> tuple[str, dict[str, list[str]]
     return entry["format"], {s: [str(CORPUS / f) for f in _as_list(files[s])] for s in SPLITS}
 
 
+def model_overrides(model: str, task: str) -> list[str]:
+    """What a demo task config needs for this model: the QA demo reads answers with the masked-LM
+    head, which CBT's text tower fills without the video, so CBT's QA reads the pooled output."""
+    from pipeline.models import model_class
+
+    if task == "qa" and not model_class(model).masked_lm_sees_video:
+        return ["head.reader=classifier"]
+    return []
+
+
 def _as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
 
@@ -154,6 +164,7 @@ def run_demo(out: Path, overrides: list[str]) -> dict[str, Any]:
                     f"data.format={fmt}",
                     f"data.train=[{','.join(files['train'])}]",
                     f"data.val=[{','.join(files['val'])}]",
+                    *model_overrides(model, task),
                     *per_stage["finetune"],
                 ],
             )
