@@ -65,11 +65,9 @@ def build_segments(sample: dict[str, Any], s: DataConfig, rng: random.Random) ->
     i = 0
     while i < len(sentences):
         text, first, stop = sentences[i]
-        joined = 1  # a chain: each next sentence joins with concat_prob, up to concat_max
-        while joined < s.concat_max and i + 1 < len(sentences) and rng.random() < s.concat_prob:
+        if i + 1 < len(sentences) and rng.random() < s.concat_prob:
             text, stop = f"{text} {sentences[i + 1][0]}", max(stop, sentences[i + 1][2])
             i += 1
-            joined += 1
         segments.append({"text": text, "first": first, "stop": stop})
         covered[first:stop] = True
         i += 1

@@ -85,7 +85,6 @@ class DataConfig:
     min_clips: int = 1  # segments with fewer clips are dropped
     clips_without_speech: int = 16  # video-only segment length (VideoBERT, methods.md 1.2)
     concat_prob: float = 0.3  # join neighbouring sentences (methods.md 1.2, trick 1)
-    concat_max: int = 2  # sentences per joined segment at most (each further one at concat_prob)
     shuffle_buffer: int = 1000  # segments per shuffle buffer (per loader worker)
     use_fmap: bool = False  # feed per-clip 7x7 maps (fmap.npy) to models that take them
 
@@ -99,7 +98,6 @@ class DataConfig:
         check_range("min_clips", self.min_clips, 0, self.max_clips)
         check_range("clips_without_speech", self.clips_without_speech, 0)
         check_range("concat_prob", self.concat_prob, -1e-9, 1.0)
-        check_range("concat_max", self.concat_max, 0)
         check_range("shuffle_buffer", self.shuffle_buffer, 0)
 
 

@@ -85,23 +85,6 @@ def test_each_decision_joins_with_probability_concat_prob():
     assert spans(segs) == [("a", 0, 1), ("b c", 1, 3), ("d e", 3, 5)] and rng.draws == []
 
 
-def test_concat_max_chains_up_to_that_many_sentences():
-    """Each further sentence joins the chain on its own draw, until concat_max sentences."""
-    sents = [("a", 0, 1), ("b", 1, 2), ("c", 2, 3), ("d", 3, 4), ("e", 4, 5), ("f", 5, 6)]
-    s = DataConfig(shards="x", concat_prob=0.5, concat_max=3)
-    # a+b (0.1), +c (0.2): full at 3, no draw; d: +e (0.3), f refused (0.7); f: last, no draw
-    rng = Draws([0.1, 0.2, 0.3, 0.7])
-    segs = build_segments(sample(6, sents), s, rng)
-    assert spans(segs) == [("a b c", 0, 3), ("d e", 3, 5), ("f", 5, 6)] and rng.draws == []
-    # concat_max 1 never joins and draws nothing; a whole video in one segment at 6
-    one = DataConfig(shards="x", concat_prob=1.0, concat_max=1)
-    assert len(build_segments(sample(6, sents), one, Draws([]))) == 6
-    whole = DataConfig(shards="x", concat_prob=1.0, concat_max=6)
-    assert spans(build_segments(sample(6, sents), whole, Draws([0.0] * 5))) == [
-        ("a b c d e f", 0, 6)
-    ]
-
-
 # -- build_segments: video-only chunks, min_clips, windows --------------------------------------
 
 
