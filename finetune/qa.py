@@ -8,10 +8,12 @@ training answers, read one of two ways (`head.reader`):
   Linear).
 * `masked_lm` (FrozenBiLM, Yang et al. NeurIPS 2022): the text is `head.template` with the
   question in it ("question: ... answer: [MASK]."), and an answer's score is the backbone's own
-  masked-LM logit at the [MASK], averaged over the answer's WordPiece tokens (FrozenBiLM's mean of
-  the answer's token embeddings, through the tied decoder). No new weight: what pretraining taught
-  the model about filling words from the video is the answer reader from step 0, so it also
-  answers zero-shot. The text-only baseline (`init=text`) reads through the text checkpoint's MLM
+  masked-LM logit at the [MASK], averaged over the answer's WordPiece tokens. That equals
+  FrozenBiLM's answer embedding (the mean of the answer's token embeddings, and of their output
+  biases, `set_answer_embeddings`) through the tied linear decoder. No new weight: what
+  pretraining taught the model about filling words from the video is the answer reader from step
+  0. Deviation: FrozenBiLM freezes its language model and trains adapters; here the backbone is
+  fine-tuned as with the classifier (`backbone_lr_mult`). The text-only baseline (`init=text`) reads through the text checkpoint's MLM
   head, or a freshly initialised transform where the checkpoint ships none (MiniLM).
 
 One answer per question: cross entropy. Several annotator answers (VQA style): the soft score
