@@ -102,12 +102,16 @@ def annotation_files(labels: dict, task: str) -> tuple[str, dict[str, list[str]]
 
 
 def model_overrides(model: str, task: str) -> list[str]:
-    """What a demo task config needs for this model: the QA demo reads answers with the masked-LM
-    head, which CBT's text tower fills without the video, so CBT's QA reads the pooled output."""
+    """What a demo task config needs for this model. The QA demo reads answers with the masked-LM
+    head, which CBT's text tower fills without the video, so CBT's QA reads the pooled output.
+    The two-stream model's steps cost about twice VideoBERT's and its demo pretraining alone
+    takes ~6.5 min on 2 cores, so its QA keeps the 60 steps that fit `vlpipe demo` in 10 min."""
     from pipeline.models import model_class
 
     if task == "qa" and not model_class(model).masked_lm_sees_video:
         return ["head.reader=classifier"]
+    if task == "qa" and model == "vilbert":
+        return ["optim.max_steps=60", "eval_every=20"]
     return []
 
 
