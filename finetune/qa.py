@@ -13,8 +13,9 @@ training answers, read one of two ways (`head.reader`):
   biases, `set_answer_embeddings`) through the tied linear decoder. No new weight: what
   pretraining taught the model about filling words from the video is the answer reader from step
   0. Deviation: FrozenBiLM freezes its language model and trains adapters; here the backbone is
-  fine-tuned as with the classifier (`backbone_lr_mult`). The text-only baseline (`init=text`) reads through the text checkpoint's MLM
-  head, or a freshly initialised transform where the checkpoint ships none (MiniLM).
+  fine-tuned as with the classifier (`backbone_lr_mult`). The text-only baseline (`init=text`)
+  reads through the text checkpoint's MLM head, or a freshly initialised transform where the
+  checkpoint ships none (MiniLM). Not for CBT, whose text tower never sees the video.
 
 One answer per question: cross entropy. Several annotator answers (VQA style): the soft score
 min(count, 4)-based target (0, .3, .6, .9, 1) with `BCEWithLogits * K` as in the reference.
@@ -132,8 +133,7 @@ class QATask(FinetuneTask):
 
     def answer_tokens(self, answer: str) -> list[int]:
         """WordPiece ids of an answer ([UNK] for one the tokenizer gives nothing for)."""
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return ids or [self.tokenizer.unk_token_id]
+        return self._ids(answer) or [self.tokenizer.unk_token_id]
 
     def prompt(self, question: str) -> tuple[list[int], int]:
         """masked_lm: the template's ids with the question in it, and the [MASK] position.
