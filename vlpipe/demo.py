@@ -34,7 +34,8 @@ CORPUS = REPO / "data" / "sample_corpus"
 STAGES = ("prep", "cluster", "pretrain", "finetune")
 SPLITS = ("train", "val", "test")
 # Fine-tuning tasks of a plain `make demo`: QA alone keeps it under 10 minutes on 2 cores
-# (its 3 runs took 52 s of a 409 s demo); `tasks=qa,caption,classify` adds 3 runs per task.
+# (its 3 runs of 200 steps took 269 s of a 592 s demo, hence 120 steps in
+# configs/finetune/demo_qa.yaml); `tasks=qa,caption,classify` adds 3 runs per task.
 DEMO_TASKS = ("qa",)
 # (label, init, blind): the rows of the fine-tuning table (issue 10's baselines)
 VARIANTS = (
