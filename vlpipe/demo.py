@@ -34,7 +34,7 @@ CORPUS = REPO / "data" / "sample_corpus"
 STAGES = ("prep", "cluster", "pretrain", "finetune")
 SPLITS = ("train", "val", "test")
 # Fine-tuning tasks of a plain `make demo`: QA alone keeps it under 10 minutes on 2 cores
-# (its 3 runs of 200 steps took 269 s of a 592 s demo, hence 120 steps in
+# (its 3 runs took 269 s of a 592 s demo at 200 steps and 177 s of 540 s at 120, hence 80 in
 # configs/finetune/demo_qa.yaml); `tasks=qa,caption,classify` adds 3 runs per task.
 DEMO_TASKS = ("qa",)
 # (label, init, blind): the rows of the fine-tuning table (issue 10's baselines)
@@ -106,13 +106,14 @@ def model_overrides(model: str, task: str) -> list[str]:
     """What a demo task config needs for this model. The QA demo reads answers with the masked-LM
     head, which CBT's text tower fills without the video, so CBT's QA reads the pooled output.
     The two-stream model's steps cost about twice VideoBERT's and its demo pretraining alone
-    takes ~6.5 min on 2 cores, so its QA keeps the 60 steps that fit `vlpipe demo` in 10 min."""
+    takes ~6.5 min on 2 cores, so its QA keeps the cheaper pooled classifier and the 60 steps
+    that fit `vlpipe demo model=vilbert` in 10 min (9.4 min measured in stop 15)."""
     from pipeline.models import model_class
 
     if task == "qa" and not model_class(model).masked_lm_sees_video:
         return ["head.reader=classifier"]
     if task == "qa" and model == "vilbert":
-        return ["optim.max_steps=60", "eval_every=20"]
+        return ["head.reader=classifier", "optim.max_steps=60", "eval_every=20"]
     return []
 
 
