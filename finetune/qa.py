@@ -82,9 +82,7 @@ class MaskedAnswerHead(nn.Module):
         self.register_buffer("answer_ids", ids, persistent=False)  # [K, A]
 
     def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
-        logits = backbone.masked_text_logits(batch)  # [B, L, V]
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        at_slot = logits[rows, batch["answer_slot"]]  # [B, V]
+        at_slot = backbone.masked_slot_logits(batch, batch["answer_slot"])  # [B, V]
         real = self.answer_ids >= 0  # [K, A]
         per_token = at_slot[:, self.answer_ids.clamp(min=0)]  # [B, K, A]
         scores = (per_token * real).sum(-1) / real.sum(-1)  # [B, K]

@@ -23,6 +23,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.finetune_config import FinetuneConfig
 from pipeline.io import read_jsonl
 from pipeline.models import MODELS, model_class
+from pipeline.models.base import VLPreTrainedModel
 from pipeline.shards import decode_sample, shard_urls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,6 +124,13 @@ def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
     net = t.build_model()
     batch = next(iter(t.train_batches(0, 1, 0)))
     batch.pop("epoch")
+    if "answer_slot" in batch:  # the slot-only MLM head equals the full one at the slot
+        net.eval()
+        with torch.no_grad():
+            full = net.backbone.masked_text_logits(batch)
+            slot = net.backbone.masked_slot_logits(batch, batch["answer_slot"])
+        torch.testing.assert_close(slot, full[torch.arange(len(full)), batch["answer_slot"]])
+        net.train()
     outputs = net(batch)
     width = {
         "qa": len(t.state.get("answers", [])),
@@ -355,6 +363,8 @@ def test_masked_lm_reader_prompt_and_scores(data, tmp_path):
     head = MaskedAnswerHead([[5], [7, 9], [11, 12, 13]])
 
     class Designed(torch.nn.Module):
+        masked_slot_logits = VLPreTrainedModel.masked_slot_logits  # the contract's default
+
         def masked_text_logits(self, batch):
             out = torch.zeros(2, 4, 20)
             out[0, 1] = torch.arange(20.0)  # row 0 reads slot 1: logit of token k is k

@@ -194,6 +194,15 @@ class VLPreTrainedModel(PreTrainedModel):
         """
         raise NotImplementedError
 
+    def masked_slot_logits(self, batch: Batch, slots: Tensor) -> Tensor:
+        """[B, vocab] `masked_text_logits` at one text position per row (`slots` Long [B]).
+
+        Models override it to apply their MLM head to that position only (a QA step then skips
+        the [B, L, vocab] decoder product); the result is the same.
+        """
+        logits = self.masked_text_logits(batch)  # [B, L, vocab]
+        return logits[torch.arange(logits.shape[0], device=logits.device), slots]
+
 
 class Objective(Protocol):
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]: ...

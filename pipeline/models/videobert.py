@@ -365,6 +365,12 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         packed, out = self._run(batch)
         return self.text_logits(gather_positions(out.last_hidden_state, packed.text_index))
 
+    def masked_slot_logits(self, batch: Batch, slots: Tensor) -> Tensor:
+        """[B, Vt] `masked_text_logits` at text position `slots` [B] only."""
+        packed, out = self._run(batch)
+        index = packed.text_index.gather(1, slots[:, None])  # [B, 1] sequence positions
+        return self.text_logits(gather_positions(out.last_hidden_state, index)[:, 0])
+
     def masked_video_logits(self, batch: Batch) -> Tensor:
         """[B, T, V] visual-word logits per clip (meaningless where left out).
 

@@ -325,6 +325,12 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         text_h = self(**batch)["text_hidden"][:, 1:-1]  # [B, L, D_t]
         return self.text.mlm_logits(text_h)
 
+    def masked_slot_logits(self, batch: Batch, slots: Tensor) -> Tensor:
+        """[B, vocab] `masked_text_logits` at text position `slots` [B] only."""
+        text_h = self(**batch)["text_hidden"]  # [B, L+2, D_t]: sentence position i is i+1
+        rows = torch.arange(text_h.shape[0], device=text_h.device)
+        return self.text.mlm_logits(text_h[rows, slots + 1])
+
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
     """h [B, N, D], mask Bool [B, N] -> mean of the real positions [B, D]."""
