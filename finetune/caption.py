@@ -271,14 +271,19 @@ class CaptionTask(FinetuneTask):
         check_positions(cfg)  # before any annotation is read
         super().__init__(cfg, state)
         if self.settings.prompt:  # the same text beside every video (module doc)
-            prompt = self.tokens(self.settings.prompt)
+            prompt = self.tokenizer(self.settings.prompt, add_special_tokens=False)["input_ids"]
+            if len(prompt) > cfg.data.max_text_tokens:  # tokens() would cut its last slots
+                raise ConfigError(
+                    f"head.prompt: {len(prompt)} WordPiece tokens, more than data.max_text_tokens "
+                    f"{cfg.data.max_text_tokens}; raise data.max_text_tokens or shorten the prompt"
+                )
             for e in [*self.train_examples, *self.val_examples]:
-                e.extra["transcript"] = prompt
+                e.extra["text"] = prompt
         if self.settings.use_transcript:
             examples = [*self.train_examples, *self.val_examples]
             sentences = read_transcripts(cfg.data.shards, {e.key for e in examples})
             for e in examples:
-                e.extra["transcript"] = self.tokens(transcript(sentences.get(e.key, []), e.item))
+                e.extra["text"] = self.tokens(transcript(sentences.get(e.key, []), e.item))
 
     def prepare(self, examples: list[Example]) -> dict[str, Any]:
         return {}
@@ -291,7 +296,7 @@ class CaptionTask(FinetuneTask):
         """Segment batch (+ the transcript as text) and, training, `caption_ids` [B, N]
         ([CLS] caption [SEP], padded), `caption_mask` [B, N] and `caption_labels` [B, N-1]
         (the next token; -100 on padding)."""
-        texts = [e.extra.get("transcript", []) for e in examples]
+        texts = [e.extra.get("text", []) for e in examples]  # transcript or prompt
         batch = self.collate(examples, texts)
         if train:
             tok = self.tokenizer

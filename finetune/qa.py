@@ -138,17 +138,27 @@ class QATask(FinetuneTask):
 
         The question is cut so the whole text fits `data.max_text_tokens` and the [MASK] stays.
         """
-        before, after = self.settings.template.split("{question}")
-        mask, mask_id = self.tokenizer.mask_token, self.tokenizer.mask_token_id
-        masked_part = before if mask in before else after
-        head, tail = (self._ids(x) for x in masked_part.split(mask))
-        other = self._ids(after if mask in before else before)
+        mask_first, head, tail, other = self.template_pieces()
+        mask_id = self.tokenizer.mask_token_id
         room = max(0, self.cfg.data.max_text_tokens - len(head) - len(tail) - len(other) - 1)
         question_ids = self._ids(question)[:room]
-        if mask in before:  # [MASK] ... question ...
+        if mask_first:  # [MASK] ... question ...
             return [*head, mask_id, *tail, *question_ids, *other], len(head)
         ids = [*other, *question_ids, *head]
         return [*ids, mask_id, *tail], len(ids)
+
+    def template_pieces(self) -> tuple[bool, list[int], list[int], list[int]]:
+        """(whether [MASK] comes before {question}, ids before the [MASK], ids after it in the
+        same part, ids of the other part): tokenised once per template, not per question."""
+        template = self.settings.template
+        if getattr(self, "_pieces", (None,))[0] != template:
+            before, after = template.split("{question}")
+            mask = self.tokenizer.mask_token
+            masked_part = before if mask in before else after
+            head, tail = (self._ids(x) for x in masked_part.split(mask))
+            other = self._ids(after if mask in before else before)
+            self._pieces = (template, (mask in before, head, tail, other))
+        return self._pieces[1]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -216,7 +216,7 @@ def test_generate_with_the_cache_workaround(data, tmp_path):
 def test_transcript_is_a_second_input(data, tmp_path):
     task = CaptionTask(config(data, "videobert", tmp_path / "run", "head.use_transcript=true"))
     e = task.train_examples[0]
-    text = task.tokenizer.decode(e.extra["transcript"])
+    text = task.tokenizer.decode(e.extra["text"])
     # The narration sentence of the segment, and only it ("... to slide the triangle").
     assert text.count("now let me") == 1 and text.split()[-1] == e.item.caption.split()[1]
     net = task.build_model()
@@ -235,7 +235,7 @@ def test_prompt_is_the_text_beside_every_video(data, tmp_path):
     task = CaptionTask(config(data, "videobert", tmp_path / "run", f"head.prompt={prompt!r}"))
     ids = task.tokens(prompt)
     assert ids.count(task.tokenizer.mask_token_id) == 5
-    assert all(e.extra["transcript"] == ids for e in [*task.train_examples, *task.val_examples])
+    assert all(e.extra["text"] == ids for e in [*task.train_examples, *task.val_examples])
     net = task.build_model()
     batch = first_batch(task)
     assert (batch["text_ids"] == torch.tensor(ids)).all() and batch["text_mask"].all()
@@ -247,9 +247,12 @@ def test_prompt_is_the_text_beside_every_video(data, tmp_path):
     (tmp_path / "run" / "model").mkdir(parents=True)
     task.export(net, tmp_path / "run" / "model")
     loaded_task, _ = load_finetuned(tmp_path / "run")
-    assert all(e.extra["transcript"] == ids for e in loaded_task.val_examples)
+    assert all(e.extra["text"] == ids for e in loaded_task.val_examples)
     with pytest.raises(ConfigError, match="use one"):
         config(data, "videobert", tmp_path / "r2", "head.prompt=x", "head.use_transcript=true")
+    with pytest.raises(ConfigError, match="head.prompt: 17 WordPiece tokens, more than data.max"):
+        CaptionTask(config(data, "videobert", tmp_path / "r3", f"head.prompt={prompt!r}",
+                           "data.max_text_tokens=16"))  # fmt: skip
 
 
 def test_blind_memory_carries_nothing_of_the_video(data, tmp_path):
