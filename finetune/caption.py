@@ -271,8 +271,8 @@ class CaptionTask(FinetuneTask):
         check_positions(cfg)  # before any annotation is read
         super().__init__(cfg, state)
         if self.settings.prompt:  # the same text beside every video (module doc)
-            prompt = self.tokenizer(self.settings.prompt, add_special_tokens=False)["input_ids"]
-            if len(prompt) > cfg.data.max_text_tokens:  # tokens() would cut its last slots
+            prompt = self.tokens(self.settings.prompt, truncate=False)
+            if len(prompt) > cfg.data.max_text_tokens:  # a cut would lose its last slots
                 raise ConfigError(
                     f"head.prompt: {len(prompt)} WordPiece tokens, more than data.max_text_tokens "
                     f"{cfg.data.max_text_tokens}; raise data.max_text_tokens or shorten the prompt"

@@ -131,7 +131,7 @@ class QATask(FinetuneTask):
 
     def answer_tokens(self, answer: str) -> list[int]:
         """WordPiece ids of an answer ([UNK] for one the tokenizer gives nothing for)."""
-        return self._ids(answer) or [self.tokenizer.unk_token_id]
+        return self.tokens(answer, truncate=False) or [self.tokenizer.unk_token_id]
 
     def prompt(self, question: str) -> tuple[list[int], int]:
         """masked_lm: the template's ids with the question in it, and the [MASK] position.
@@ -141,7 +141,7 @@ class QATask(FinetuneTask):
         mask_first, head, tail, other = self.template_pieces()
         mask_id = self.tokenizer.mask_token_id
         room = max(0, self.cfg.data.max_text_tokens - len(head) - len(tail) - len(other) - 1)
-        question_ids = self._ids(question)[:room]
+        question_ids = self.tokens(question, truncate=False)[:room]
         if mask_first:  # [MASK] ... question ...
             return [*head, mask_id, *tail, *question_ids, *other], len(head)
         ids = [*other, *question_ids, *head]
@@ -155,13 +155,10 @@ class QATask(FinetuneTask):
             before, after = template.split("{question}")
             mask = self.tokenizer.mask_token
             masked_part = before if mask in before else after
-            head, tail = (self._ids(x) for x in masked_part.split(mask))
-            other = self._ids(after if mask in before else before)
+            head, tail = (self.tokens(x, truncate=False) for x in masked_part.split(mask))
+            other = self.tokens(after if mask in before else before, truncate=False)
             self._pieces = (template, (mask in before, head, tail, other))
         return self._pieces[1]
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def target(self, answers: tuple[str, ...]) -> np.ndarray:
         """[K] target: one-hot for one answer, VQA soft scores for several."""

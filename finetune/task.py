@@ -296,12 +296,14 @@ class FinetuneTask(Task):
             raise ConfigError(f"data.shards: no frames.npy in sample(s) {', '.join(missing[:3])}")
         return found
 
-    def tokens(self, text: str) -> list[int]:
+    def tokens(self, text: str, truncate: bool = True) -> list[int]:
+        """WordPiece ids without [CLS]/[SEP], cut to `data.max_text_tokens` unless `truncate`
+        is False (a caller that must keep every token checks or cuts the length itself)."""
         return self.tokenizer(
             text,
             add_special_tokens=False,
-            truncation=True,
-            max_length=self.cfg.data.max_text_tokens,
+            truncation=truncate,
+            max_length=self.cfg.data.max_text_tokens if truncate else None,
         )["input_ids"]
 
     def collate(self, examples: list[Example], texts: list[list[int]]) -> dict[str, Any]:
