@@ -17,6 +17,15 @@ training answers, read one of two ways (`head.reader`):
   reads through the text checkpoint's MLM head, or a freshly initialised transform where the
   checkpoint ships none (MiniLM). Not for CBT, whose text tower never sees the video.
 
+Windowed reading (`head.window_clips` > 0, either reader): a question about a whole video
+usually concerns a few of its clips ("what does the red square do?"). The question is read beside
+every window of `window_clips` consecutive clips (`window_stride` apart), and the answer
+distribution is the mixture of the windows' distributions weighted by the softmax of the
+backbone's alignment logit of each row (`WindowedAnswers`): a retrieve-then-read latent window,
+trained end to end by the mixture's likelihood. A pretrained alignment localises from step 0; a
+text-only backbone's alignment head starts untrained. The masked-LM reader gets both scores from
+one forward pass per window (`masked_slot_and_alignment`); the classifier makes a second one.
+
 One answer per question: cross entropy. Several annotator answers (VQA style): the soft score
 min(count, 4)-based target (0, .3, .6, .9, 1) with `BCEWithLogits * K` as in the reference.
 At test time an answer outside the K counts as wrong; accuracy is `finetune.metrics.qa_accuracy`
@@ -31,6 +40,7 @@ Legend: B questions, O options, K answers, D pooled width.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -82,11 +92,50 @@ class MaskedAnswerHead(nn.Module):
         self.register_buffer("answer_ids", ids, persistent=False)  # [K, A]
 
     def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
-        at_slot = backbone.masked_slot_logits(batch, batch["answer_slot"])  # [B, V]
+        out: dict[str, Tensor] = {}
+        if "window_index" in batch:  # WindowedAnswers weighs the rows: the same pass scores them
+            at_slot, out["alignment"] = backbone.masked_slot_and_alignment(
+                batch, batch["answer_slot"]
+            )  # [B, V], [B]
+        else:
+            at_slot = backbone.masked_slot_logits(batch, batch["answer_slot"])  # [B, V]
         real = self.answer_ids >= 0  # [K, A]
         per_token = at_slot[:, self.answer_ids.clamp(min=0)]  # [B, K, A]
-        scores = (per_token * real).sum(-1) / real.sum(-1)  # [B, K]
-        return {"logits": scores}
+        out["logits"] = (per_token * real).sum(-1) / real.sum(-1)  # [B, K]
+        return out
+
+
+class WindowedAnswers(nn.Module):
+    """Reads the question beside every window of a video's clips and mixes the windows.
+
+    The batch's rows are windows (N of them); `window_index` Long [B, M] lists question b's rows
+    (-1: padding). With s_n the backbone's alignment logit of row n (its text with its clips) and
+    p_n(k) the softmax of the reader's scores, the answer log-probability is
+
+        log p(k | question b) = logsumexp_m [ log softmax_m(s_{b,m}) + log p_{b,m}(k) ]
+
+    a mixture over windows weighted by how well each window matches the question (the latent
+    window of multiple-instance / retrieve-then-read models). Trained by its likelihood, the
+    weights and the reader both learn; a pretrained alignment localises from the first step.
+    """
+
+    def __init__(self, reader: nn.Module) -> None:
+        super().__init__()
+        self.reader = reader
+
+    def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
+        read = self.reader(backbone, batch)
+        scores = read["logits"].float()  # [N, K]
+        relevance = read.get("alignment")  # [N], where the reader's pass gave it
+        if relevance is None:
+            relevance = backbone.alignment_logits(batch)
+        relevance = relevance.float()
+        index = batch["window_index"]  # [B, M]
+        rows, real = index.clamp(min=0), index >= 0
+        weights = relevance[rows].masked_fill(~real, float("-inf")).log_softmax(1)  # [B, M]
+        per_window = scores.log_softmax(-1)[rows]  # [B, M, K]
+        logits = torch.logsumexp(weights[..., None] + per_window, 1)  # [B, K] log-probabilities
+        return {"logits": logits, "window_weights": weights.exp()}
 
 
 class QATask(FinetuneTask):
@@ -125,9 +174,32 @@ class QATask(FinetuneTask):
     def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
         s = self.settings
         if s.reader == "masked_lm":
-            return MaskedAnswerHead([self.answer_tokens(a) for a in self.state["answers"]])
-        dim = backbone.encode_dims["pooled"]
-        return AnswerHead(dim, len(self.state["answers"]), s.hidden_mult, s.dropout)
+            head = MaskedAnswerHead([self.answer_tokens(a) for a in self.state["answers"]])
+        else:
+            dim = backbone.encode_dims["pooled"]
+            head = AnswerHead(dim, len(self.state["answers"]), s.hidden_mult, s.dropout)
+        return WindowedAnswers(head) if s.window_clips else head
+
+    def windows(self, example: Example) -> list[Example]:
+        """`head.window_clips` consecutive clips every `head.window_stride` (the last window ends
+        at the last clip, so none is left out); the whole example when it is that short."""
+        size, stride = self.settings.window_clips, self.settings.window_stride
+        T = len(example.feats)
+        if T <= size:
+            return [example]
+        starts = list(range(0, T - size + 1, stride))
+        if starts[-1] != T - size:
+            starts.append(T - size)
+        return [
+            dataclasses.replace(
+                example,
+                feats=example.feats[a : a + size],
+                words=example.words[a : a + size],
+                frames=None if example.frames is None else example.frames[a : a + size],
+                extra={**example.extra, "window": (a, a + size)},
+            )
+            for a in starts
+        ]
 
     def answer_tokens(self, answer: str) -> list[int]:
         """WordPiece ids of an answer ([UNK] for one the tokenizer gives nothing for)."""
@@ -173,22 +245,44 @@ class QATask(FinetuneTask):
         return out
 
     def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
+        rows, index = examples, None
+        if self.settings.window_clips:  # one row per window; window_index [B, M] finds them
+            # Video hidden, every window of a question is the same row (no clip is kept), and
+            # the mixture of identical rows is that row: blind reads one.
+            per_question = [[e] if self.cfg.blind else self.windows(e) for e in examples]
+            rows = [w for ws in per_question for w in ws]
+            index = torch.full((len(examples), max(map(len, per_question))), -1)
+            first = 0
+            for b, ws in enumerate(per_question):
+                index[b, : len(ws)] = torch.arange(first, first + len(ws))
+                first += len(ws)
         if self.settings.reader == "masked_lm":
-            prompts = [self.prompt(e.item.question) for e in examples]
-            batch = self.collate(examples, [ids for ids, _ in prompts])
+            prompts = [self.prompt(e.item.question) for e in rows]
+            batch = self.collate(rows, [ids for ids, _ in prompts])
             batch["answer_slot"] = torch.tensor([slot for _, slot in prompts])
         else:
-            batch = self.collate(examples, [self.tokens(e.item.question) for e in examples])
+            batch = self.collate(rows, [self.tokens(e.item.question) for e in rows])
+        if index is not None:
+            batch["window_index"] = index
         if train:
             batch["targets"] = torch.from_numpy(
                 np.stack([self.target(e.item.answers) for e in examples])
             )
         return batch
 
+    def batch_size(self, batch: dict[str, Any]) -> int:
+        if "window_index" in batch:  # rows are windows; the batch is its questions
+            return int(batch["window_index"].shape[0])
+        return super().batch_size(batch)
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         logits = model(batch)["logits"].float()  # [B, K]
         targets = batch["targets"]  # [B, K]
-        if self.settings.soft_targets and (targets.sum(1) != 1).any():
+        if "window_index" in batch:
+            # logits are the mixture's log-probabilities: its likelihood, the soft targets
+            # (several answers) as a distribution
+            loss = F.cross_entropy(logits, targets / targets.sum(1, keepdim=True).clamp(min=1e-6))
+        elif self.settings.soft_targets and (targets.sum(1) != 1).any():
             # methods.md 3.6: BCEWithLogits(mean) * K
             loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
         else:
@@ -197,9 +291,9 @@ class QATask(FinetuneTask):
         return {"loss": loss, "train_accuracy": accuracy.detach()}
 
     def predict_batch(self, model, examples, batch) -> list[dict[str, Any]]:
-        logits = model(batch)["logits"].float()
-        best = logits.argmax(1).tolist()
-        return [
+        out = model(batch)
+        best = out["logits"].float().argmax(1).tolist()
+        preds = [
             {
                 "qid": e.item.qid,
                 "video_id": e.item.video_id,
@@ -210,6 +304,11 @@ class QATask(FinetuneTask):
             }
             for e, k in zip(examples, best, strict=True)
         ]
+        if "window_weights" in out:  # the clips [first, stop) of the window weighed highest
+            chosen = out["window_weights"].argmax(1).tolist()
+            for p, e, m in zip(preds, examples, chosen, strict=True):
+                p["window"] = list(self.windows(e)[m].extra.get("window", (0, len(e.feats))))
+        return preds
 
     def score(self, examples, predictions) -> dict[str, float]:
         return qa_scores(predictions, self.state["majority"])

@@ -64,9 +64,15 @@ class QASettings:
     hidden_mult: int = 2  # classifier: MLP width = this x pooled width (SimpleClassifier)
     dropout: float = 0.1  # classifier: before the MLP
     soft_targets: bool = True  # VQA soft scores when a question has several annotator answers
+    # Windowed reading (0: the whole video in one row). The question is read beside every window
+    # of this many consecutive clips; the model's alignment score weighs the windows (finetune/qa.py)
+    window_clips: int = 0
+    window_stride: int = 1  # clips between window starts
 
     def validate(self) -> None:
         check_range("answers", self.answers, 1)
+        check_range("window_clips", self.window_clips, -1, 64)
+        check_range("window_stride", self.window_stride, 0, 64)
         if self.reader not in ("classifier", "masked_lm"):
             raise ConfigError(f"reader: classifier or masked_lm, got {self.reader!r}")
         if self.template.count("[MASK]") != 1 or "{question}" not in self.template:

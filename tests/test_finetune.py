@@ -109,10 +109,18 @@ def task_of(cfg: FinetuneConfig):
 
 
 @pytest.mark.parametrize("model", MODELS.names())
-@pytest.mark.parametrize("task", ["qa", "qa-masked_lm", "mc", "classify"])
+@pytest.mark.parametrize("task", ["qa", "qa-masked_lm", "qa-windows", "mc", "classify"])
 def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
     torch.manual_seed(0)
-    extra = {"classify": ["head.mode=full"], "qa-masked_lm": ["head.reader=masked_lm"]}
+    extra = {
+        "classify": ["head.mode=full"],
+        "qa-masked_lm": ["head.reader=masked_lm"],
+        # the windowed reader: masked-LM where the model's MLM sees the video, else classifier
+        "qa-windows": [
+            f"head.reader={'masked_lm' if model_class(model).masked_lm_sees_video else 'classifier'}",
+            "head.window_clips=2",
+        ],
+    }
     extra, task = extra.get(task, []), task.split("-")[0]
     cfg = config(data, model, task, tmp_path / "run", *extra)
     if extra and "masked_lm" in extra[0] and not model_class(model).masked_lm_sees_video:
@@ -130,7 +138,15 @@ def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
             full = net.backbone.masked_text_logits(batch)
             slot = net.backbone.masked_slot_logits(batch, batch["answer_slot"])
         torch.testing.assert_close(slot, full[torch.arange(len(full)), batch["answer_slot"]])
+        if "window_index" in batch:  # one pass gives what the two calls give
+            with torch.no_grad():
+                both = net.backbone.masked_slot_and_alignment(batch, batch["answer_slot"])
+            torch.testing.assert_close(both[0], slot)
+            torch.testing.assert_close(both[1], net.backbone.alignment_logits(batch))
         net.train()
+    if "window_index" in batch:  # rows are windows of the 4 questions' clips
+        assert batch["window_index"].shape[0] == 4 and batch["text_ids"].shape[0] > 4
+        assert t.batch_size(batch) == 4
     outputs = net(batch)
     width = {
         "qa": len(t.state.get("answers", [])),
@@ -153,6 +169,45 @@ def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
     loaded_task, loaded = load_finetuned(tmp_path / "run")
     net.eval()
     assert t.predict(net, t.val_examples) == loaded_task.predict(loaded, loaded_task.val_examples)
+
+
+def test_windowed_qa_covers_every_clip_and_weighs_windows_by_alignment(data, tmp_path):
+    window = ["head.reader=masked_lm", "head.window_clips=3", "head.window_stride=2"]
+    t = task_of(config(data, "videobert", "qa", tmp_path / "run", *window))
+    assert max(len(e.feats) for e in t.val_examples) > 3  # the case being tested
+    for e in t.val_examples:
+        spans = [w.extra.get("window", (0, len(e.feats))) for w in t.windows(e)]
+        assert set().union(*(range(a, b) for a, b in spans)) == set(range(len(e.feats)))
+        assert {b - a for a, b in spans} == {min(3, len(e.feats))} and spans[-1][1] == len(e.feats)
+        for w, (a, b) in zip(t.windows(e), spans, strict=True):
+            np.testing.assert_array_equal(w.feats, e.feats[a:b])
+    torch.manual_seed(0)
+    net = t.build_model().eval()
+    batch = t.batch(t.val_examples[:3], train=False)
+    with torch.no_grad():
+        out, read = net(batch), net.head.reader(net.backbone, batch)
+    for b, rows in enumerate(batch["window_index"].tolist()):
+        rows = [r for r in rows if r >= 0]
+        weights = read["alignment"][rows].softmax(0)  # [M]
+        torch.testing.assert_close(out["window_weights"][b, : len(rows)], weights)
+        mixture = (weights[:, None] * read["logits"][rows].softmax(-1)).sum(0)  # [K]
+        torch.testing.assert_close(out["logits"][b], mixture.log())
+    # Video hidden, every window is the same row, so blind reads one row per question: the
+    # same scores as each of its windows
+    t = task_of(config(data, "videobert", "qa", tmp_path / "blind", *window, "blind=true"))
+    net = t.build_model().eval()
+    questions = t.val_examples[:3]
+    batch = t.batch(questions, train=False)
+    assert batch["window_index"].tolist() == [[0], [1], [2]]
+    with torch.no_grad():
+        out = net(batch)
+        for b, e in enumerate(questions):
+            windows = t.windows(e)
+            rows = t.collate(windows, [t.prompt(e.item.question)[0]] * len(windows))
+            rows["answer_slot"] = batch["answer_slot"][b].repeat(len(windows))
+            rows["window_index"] = torch.arange(len(windows))[None]
+            read = net.head.reader(net.backbone, rows)["logits"].log_softmax(-1)  # [M, K]
+            torch.testing.assert_close(read, out["logits"][b].expand_as(read))
 
 
 def test_probe_freezes_the_backbone(data, tmp_path):

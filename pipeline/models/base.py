@@ -203,6 +203,14 @@ class VLPreTrainedModel(PreTrainedModel):
         logits = self.masked_text_logits(batch)  # [B, L, vocab]
         return logits[torch.arange(logits.shape[0], device=logits.device), slots]
 
+    def masked_slot_and_alignment(self, batch: Batch, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """(`masked_slot_logits` [B, vocab], `alignment_logits` [B]) of the same rows.
+
+        Models whose one forward pass gives both override it (a windowed QA reader needs both
+        for every window); the result is the same as the two calls.
+        """
+        return self.masked_slot_logits(batch, slots), self.alignment_logits(batch)
+
 
 class Objective(Protocol):
     def __call__(self, model: VLPreTrainedModel, batch: Batch) -> dict[str, Tensor]: ...

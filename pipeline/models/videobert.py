@@ -371,6 +371,13 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         index = packed.text_index.gather(1, slots[:, None])  # [B, 1] sequence positions
         return self.text_logits(gather_positions(out.last_hidden_state, index)[:, 0])
 
+    def masked_slot_and_alignment(self, batch: Batch, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """([B, Vt] slot logits, [B] alignment logit) from one pass."""
+        packed, out = self._run(batch)
+        index = packed.text_index.gather(1, slots[:, None])  # [B, 1] sequence positions
+        at_slot = self.text_logits(gather_positions(out.last_hidden_state, index)[:, 0])
+        return at_slot, self.alignment_head(out.pooler_output).squeeze(-1)
+
     def masked_video_logits(self, batch: Batch) -> Tensor:
         """[B, T, V] visual-word logits per clip (meaningless where left out).
 

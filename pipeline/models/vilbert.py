@@ -331,6 +331,14 @@ class ViLBERTForPretraining(VLPreTrainedModel):
         rows = torch.arange(text_h.shape[0], device=text_h.device)
         return self.text.mlm_logits(text_h[rows, slots + 1])
 
+    def masked_slot_and_alignment(self, batch: Batch, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """([B, vocab] slot logits, [B] alignment log-odds) from one pass."""
+        out = self(**batch)
+        text_h = out["text_hidden"]  # [B, L+2, D_t]
+        rows = torch.arange(text_h.shape[0], device=text_h.device)
+        logits = out["alignment_logits"]  # [B, 2]
+        return self.text.mlm_logits(text_h[rows, slots + 1]), logits[:, 1] - logits[:, 0]
+
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
     """h [B, N, D], mask Bool [B, N] -> mean of the real positions [B, D]."""
