@@ -180,6 +180,11 @@ class QATask(FinetuneTask):
             head = AnswerHead(dim, len(self.state["answers"]), s.hidden_mult, s.dropout)
         return WindowedAnswers(head) if s.window_clips else head
 
+    def rows(self, example: Example) -> list[Example]:
+        """The batch rows that read `example`: its windows, or itself with the video hidden
+        (every window would be the same row, and a mixture of identical rows is that row)."""
+        return [example] if self.cfg.blind else self.windows(example)
+
     def windows(self, example: Example) -> list[Example]:
         """`head.window_clips` consecutive clips every `head.window_stride` (the last window ends
         at the last clip, so none is left out); the whole example when it is that short."""
@@ -247,9 +252,7 @@ class QATask(FinetuneTask):
     def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
         rows, index = examples, None
         if self.settings.window_clips:  # one row per window; window_index [B, M] finds them
-            # Video hidden, every window of a question is the same row (no clip is kept), and
-            # the mixture of identical rows is that row: blind reads one.
-            per_question = [[e] if self.cfg.blind else self.windows(e) for e in examples]
+            per_question = [self.rows(e) for e in examples]
             rows = [w for ws in per_question for w in ws]
             index = torch.full((len(examples), max(map(len, per_question))), -1)
             first = 0
@@ -307,7 +310,7 @@ class QATask(FinetuneTask):
         if "window_weights" in out:  # the clips [first, stop) of the window weighed highest
             chosen = out["window_weights"].argmax(1).tolist()
             for p, e, m in zip(preds, examples, chosen, strict=True):
-                p["window"] = list(self.windows(e)[m].extra.get("window", (0, len(e.feats))))
+                p["window"] = list(self.rows(e)[m].extra.get("window", (0, len(e.feats))))
         return preds
 
     def score(self, examples, predictions) -> dict[str, float]:

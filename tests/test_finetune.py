@@ -208,6 +208,9 @@ def test_windowed_qa_covers_every_clip_and_weighs_windows_by_alignment(data, tmp
             rows["window_index"] = torch.arange(len(windows))[None]
             read = net.head.reader(net.backbone, rows)["logits"].log_softmax(-1)  # [M, K]
             torch.testing.assert_close(read, out["logits"][b].expand_as(read))
+    # ... and its prediction names that row, the whole (hidden) video
+    predicted = [p["window"] for p in t.predict(net, questions)]
+    assert predicted == [[0, len(e.feats)] for e in questions]
 
 
 def test_probe_freezes_the_backbone(data, tmp_path):

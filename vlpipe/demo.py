@@ -113,15 +113,11 @@ def model_overrides(model: str, task: str) -> list[str]:
     and the classifier spends a second pass per window on the alignment."""
     from pipeline.models import model_class
 
+    whole_video_classifier = ["head.reader=classifier", "head.window_clips=0"]
     if task == "qa" and not model_class(model).masked_lm_sees_video:
-        return ["head.reader=classifier", "head.window_clips=0"]
+        return whole_video_classifier
     if task == "qa" and model == "vilbert":
-        return [
-            "head.reader=classifier",
-            "head.window_clips=0",
-            "optim.max_steps=30",
-            "eval_every=15",
-        ]
+        return [*whole_video_classifier, "optim.max_steps=30", "eval_every=15"]
     return []
 
 

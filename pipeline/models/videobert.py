@@ -367,16 +367,18 @@ class VideoBERTForPretraining(VLPreTrainedModel):
 
     def masked_slot_logits(self, batch: Batch, slots: Tensor) -> Tensor:
         """[B, Vt] `masked_text_logits` at text position `slots` [B] only."""
-        packed, out = self._run(batch)
-        index = packed.text_index.gather(1, slots[:, None])  # [B, 1] sequence positions
-        return self.text_logits(gather_positions(out.last_hidden_state, index)[:, 0])
+        return self._slot_logits(*self._run(batch), slots)
 
     def masked_slot_and_alignment(self, batch: Batch, slots: Tensor) -> tuple[Tensor, Tensor]:
         """([B, Vt] slot logits, [B] alignment logit) from one pass."""
         packed, out = self._run(batch)
-        index = packed.text_index.gather(1, slots[:, None])  # [B, 1] sequence positions
-        at_slot = self.text_logits(gather_positions(out.last_hidden_state, index)[:, 0])
+        at_slot = self._slot_logits(packed, out, slots)
         return at_slot, self.alignment_head(out.pooler_output).squeeze(-1)
+
+    def _slot_logits(self, packed: PackedInputs, out: VideoBERTOutput, slots: Tensor) -> Tensor:
+        """[B, Vt] MLM logits at text position `slots` [B] of a `_run` output."""
+        index = packed.text_index.gather(1, slots[:, None])  # [B, 1] sequence positions
+        return self.text_logits(gather_positions(out.last_hidden_state, index)[:, 0])
 
     def masked_video_logits(self, batch: Batch) -> Tensor:
         """[B, T, V] visual-word logits per clip (meaningless where left out).

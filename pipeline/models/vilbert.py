@@ -317,8 +317,7 @@ class ViLBERTForPretraining(VLPreTrainedModel):
 
     def alignment_logits(self, batch: Batch) -> Tensor:
         """[B] log-odds that text i and video i are aligned."""
-        logits = self(**batch)["alignment_logits"]  # [B, 2]
-        return logits[:, 1] - logits[:, 0]
+        return log_odds(self(**batch)["alignment_logits"])
 
     def masked_text_logits(self, batch: Batch) -> Tensor:
         """[B, L, vocab] text-stream MLM logits given the video."""
@@ -327,17 +326,22 @@ class ViLBERTForPretraining(VLPreTrainedModel):
 
     def masked_slot_logits(self, batch: Batch, slots: Tensor) -> Tensor:
         """[B, vocab] `masked_text_logits` at text position `slots` [B] only."""
-        text_h = self(**batch)["text_hidden"]  # [B, L+2, D_t]: sentence position i is i+1
-        rows = torch.arange(text_h.shape[0], device=text_h.device)
-        return self.text.mlm_logits(text_h[rows, slots + 1])
+        return self._slot_logits(self(**batch)["text_hidden"], slots)
 
     def masked_slot_and_alignment(self, batch: Batch, slots: Tensor) -> tuple[Tensor, Tensor]:
         """([B, vocab] slot logits, [B] alignment log-odds) from one pass."""
         out = self(**batch)
-        text_h = out["text_hidden"]  # [B, L+2, D_t]
+        return self._slot_logits(out["text_hidden"], slots), log_odds(out["alignment_logits"])
+
+    def _slot_logits(self, text_h: Tensor, slots: Tensor) -> Tensor:
+        """text_h [B, L+2, D_t] (sentence position i is i+1) -> [B, vocab] MLM logits at `slots`."""
         rows = torch.arange(text_h.shape[0], device=text_h.device)
-        logits = out["alignment_logits"]  # [B, 2]
-        return self.text.mlm_logits(text_h[rows, slots + 1]), logits[:, 1] - logits[:, 0]
+        return self.text.mlm_logits(text_h[rows, slots + 1])
+
+
+def log_odds(alignment_logits: Tensor) -> Tensor:
+    """[B, 2] (not aligned, aligned) logits -> [B] log-odds that the pair is aligned."""
+    return alignment_logits[:, 1] - alignment_logits[:, 0]
 
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
