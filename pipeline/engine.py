@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from pipeline.config import save_config, to_dict
-from pipeline.io import append_jsonl, atomic_write_json, read_jsonl
+from pipeline.io import append_jsonl, atomic_write_json, read_jsonl, umask_modes
 from pipeline.train_config import EngineConfig
 
 log = logging.getLogger("vlpipe.train")
@@ -409,6 +409,7 @@ def _export(task: Task, model: nn.Module, run_dir: Path, record: dict[str, Any])
     tmp.mkdir(parents=True)
     task.export(model, tmp)
     atomic_write_json(tmp / "vlpipe_step.json", record)
+    umask_modes(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 

@@ -37,6 +37,19 @@ def _create_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name next to {path}")
 
 
+def umask_modes(root: Path) -> None:
+    """Give every file under `root` the mode a file created by this process would get.
+
+    safetensors (and so `save_pretrained`) writes its files 0600, unlike every other file of a
+    model directory; a model exported for colleagues on a shared cluster could not be read.
+    """
+    mask = os.umask(0)
+    os.umask(mask)  # reading the umask means setting it: put it straight back
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

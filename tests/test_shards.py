@@ -8,9 +8,17 @@ import sys
 import tarfile
 
 import numpy as np
+import torch
 import webdataset as wds
+from safetensors.torch import save_file
 
-from pipeline.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from pipeline.io import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_jsonl,
+    umask_modes,
+)
 from pipeline.shards import (
     ResumableShardWriter,
     completed_shards,
@@ -148,6 +156,21 @@ def test_atomic_writes_get_the_umask_mode_like_the_shards(tmp_path):
     for path in ("config.json", "model.bin", "manifest.jsonl", "failures.jsonl", shard.name):
         assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o640, path
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_exported_safetensors_get_the_umask_mode(tmp_path):
+    """safetensors writes 0600 files (so did every exported model.safetensors); the engine's
+    export gives them the umask's mode with `umask_modes`, like the rest of the model dir."""
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"w": torch.zeros(2)}, str(model / "head.safetensors"))
+    assert stat.S_IMODE((model / "head.safetensors").stat().st_mode) == 0o600  # why this exists
+    old = os.umask(0o027)
+    try:
+        umask_modes(model)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((model / "head.safetensors").stat().st_mode) == 0o640
     # Overwriting keeps working (a fresh temporary name each time).
     atomic_write_json(tmp_path / "config.json", {"a": 2})
     assert json.loads((tmp_path / "config.json").read_text()) == {"a": 2}
