@@ -74,7 +74,22 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"fp16 S3D needs a CUDA device, not {device}; use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+        # oneDNN's bf16 convolution needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; without them
+        # torch fails inside the first convolution, after the videos were decoded.
+        raise ValueError(
+            "bf16 S3D on this CPU: no bf16 convolution kernels (needs AVX-512); use fp32"
+        )
     return precision
+
+
+@functools.cache
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN has bf16 convolution kernels for this CPU (True if torch cannot say)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 @functools.cache

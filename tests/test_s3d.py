@@ -23,6 +23,7 @@ from pipeline.s3d_extract import (
     FusedS3D,
     S3DFeatureExtractor,
     SeparableMaxPool3d,
+    cpu_bf16_supported,
     resolve_precision,
     space_to_depth_channels_last,
 )
@@ -428,6 +429,10 @@ def test_reduced_precision_options():
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="unknown S3D precision"):
         resolve_precision("int8", "cpu")
+    if not cpu_bf16_supported():  # an AVX2-only CPU: refused before any work, clearly
+        with pytest.raises(ValueError, match="no bf16 convolution kernels"):
+            resolve_precision("bf16", "cpu")
+        return
     model = seeded_model("s3dg_howto100m", seed=5)
     cfg = S3D_VARIANTS["s3dg_howto100m"]
     clips = random_clips((1, 8, 64, 64, 3), seed=2)
