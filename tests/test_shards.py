@@ -156,6 +156,9 @@ def test_atomic_writes_get_the_umask_mode_like_the_shards(tmp_path):
     for path in ("config.json", "model.bin", "manifest.jsonl", "failures.jsonl", shard.name):
         assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o640, path
     assert not list(tmp_path.glob(".*.tmp"))
+    # Overwriting keeps working (a fresh temporary name each time).
+    atomic_write_json(tmp_path / "config.json", {"a": 2})
+    assert json.loads((tmp_path / "config.json").read_text()) == {"a": 2}
 
 
 def test_exported_safetensors_get_the_umask_mode(tmp_path):
@@ -171,6 +174,4 @@ def test_exported_safetensors_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((model / "head.safetensors").stat().st_mode) == 0o640
-    # Overwriting keeps working (a fresh temporary name each time).
-    atomic_write_json(tmp_path / "config.json", {"a": 2})
-    assert json.loads((tmp_path / "config.json").read_text()) == {"a": 2}
+    assert [p.name for p in model.iterdir()] == ["head.safetensors"]  # the probe is gone
