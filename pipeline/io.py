@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,22 @@ def _create_temp(path: Path) -> tuple[int, str]:
 
 
 def umask_modes(root: Path) -> None:
-    """Give every file under `root` the mode a file created by this process would get.
+    """Give every file under the directory `root` the mode a new file of this process gets.
 
     safetensors (and so `save_pretrained`) writes its files 0600, unlike every other file of a
-    model directory; a model exported for colleagues on a shared cluster could not be read.
+    model directory; a model exported for colleagues on a shared cluster could not be read. The
+    mode is read off a probe made by `_create_temp` (no os.umask round trip, which would leave
+    the process umask at 0 for other threads in between).
     """
-    mask = os.umask(0)
-    os.umask(mask)  # reading the umask means setting it: put it straight back
-    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+    fd, probe = _create_temp(root / "mode")
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            path.chmod(0o666 & ~mask)
+            path.chmod(mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
