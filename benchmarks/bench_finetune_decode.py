@@ -11,13 +11,15 @@ the demo's text model), saved and loaded like a pretrained run.
 
 1. Step time. One optimizer step = the task's loss forward + backward + AdamW step on B
    examples, for qa, mc, classify (probe: frozen backbone; full), caption (video-only decoder
-   with as many layers as the text tower), against the pretraining objective of the same
+   with as many layers as the text tower; caption-masked_lm: the backbone writing, one row per
+   caption prefix, where its masked LM sees the video), against the pretraining objective of the same
    backbone on B segment rows (the narration sentence + the segment's clips). Head and
    pretraining steps alternate (paired, so both see the same machine load); printed: median
    wall seconds per step and the ratio head / pretraining by wall and by process CPU time.
 2. Caption decoding. The caption head is first fitted for --train-steps steps (an untrained
    decoder never emits [SEP] and always runs to max_length), then the validation segments are
-   captioned with greedy and beam-5 search (HF generate, max_length 20): captions/s, mean
+   captioned, by each decoder (cross_attention, and masked_lm where it applies), with greedy and
+   beam-5 search (HF generate, max_length 20): captions/s, mean
    caption length, and the share of one evaluation the decoding takes against the metrics
    (finetune.metrics.caption_scores with PTB + METEOR on Java when available, and the
    pure-Python fallback).
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic shard writer of the tests
 from benchmarks.machine import cpu_name  # noqa: E402
 
-HEADS = ("qa", "mc", "classify-probe", "classify-full", "caption")
+HEADS = ("qa", "mc", "classify-probe", "classify-full", "caption", "caption-masked_lm")
 
 
 def write_annotations(shards: Path, root: Path) -> None:
@@ -140,7 +142,7 @@ def make_task(head: str, run: Path, data: Path, out: Path, batch: int, *extra: s
         f"data.train=[{data / file}]",
         f"data.batch_size={batch}",
         "progress=false",
-        *([f"head.mode={mode}"] if mode else []),
+        *([f"head.{'decoder' if task == 'caption' else 'mode'}={mode}"] if mode else []),
         *extra,
     ]
     cfg = load_config(FinetuneConfig, ROOT / "configs" / "finetune" / f"{task}.yaml", overrides)
@@ -191,6 +193,8 @@ def step_times(name: str, run: Path, data: Path, out: Path, args) -> dict[str, d
     pretrain = optimizer_step(backbone, lambda: objective(backbone, pre_batch)["loss"], params)
     results = {}
     for head in HEADS:
+        if head == "caption-masked_lm" and not type(backbone).masked_lm_sees_video:
+            continue
         task = caption if head == "caption" else make_task(head, run, data, out, args.batch)
         model = task.build_model().train()
         batch = next(iter(task.train_batches(0, 1, 0)))
@@ -221,15 +225,28 @@ def fit_caption_head(task, model, steps: int) -> None:
 
 
 def decode_and_metrics(name: str, run: Path, data: Path, out: Path, args) -> None:
-    from finetune.metrics import caption_scores
+    from pipeline.models import model_class
 
-    task = make_task("caption", run, data, out, args.batch, "head.max_length=20")
+    decoders = ["cross_attention"] + (
+        ["masked_lm"] if model_class(name).masked_lm_sees_video else []
+    )
+    for decoder in decoders:
+        captions = decode(name, run, data, out, args, decoder)
+    metrics_alone(captions, args)
+
+
+def decode(name: str, run: Path, data: Path, out: Path, args, decoder: str) -> list[dict]:
+    """Decoding throughput and its share of an evaluation; returns the beam-5 predictions."""
+    task = make_task(
+        "caption", run, data, out, args.batch, "head.max_length=20", f"head.decoder={decoder}"
+    )
     torch.manual_seed(0)
     model = task.build_model()
     fit_caption_head(task, model, args.train_steps)
     val = task.val_examples[: args.val_limit] if args.val_limit else task.val_examples
     metric_modes = [("no Java", False)] + ([("PTB+METEOR", True)] if args.java else [])
-    print(f"\ncaption decoding ({name}, {len(val)} validation segments, max_length 20):")
+    print(f"\ncaption decoding ({name}, head.decoder={decoder}, {len(val)} validation segments,")
+    print("max_length 20):")
     print(f"{'search':8s} {'captions/s':>10s} {'tokens':>7s} {'decode s':>9s}", end="")
     print(
         "".join(f" {'metrics s (' + m + ')':>24s} {'decode share':>13s}" for m, _ in metric_modes)
@@ -251,6 +268,14 @@ def decode_and_metrics(name: str, run: Path, data: Path, out: Path, args) -> Non
             line += f" {metrics:24.2f} {decode / (decode + metrics):12.0%}"
         print(line, flush=True)
         captions = predictions
+    return captions
+
+
+def metrics_alone(captions: list[dict], args) -> None:
+    """caption_scores on --metric-captions ids cycled from `captions`."""
+    from finetune.metrics import caption_scores
+
+    metric_modes = [("no Java", False)] + ([("PTB+METEOR", True)] if args.java else [])
     n = args.metric_captions
     refs = {str(i): captions[i % len(captions)]["references"] for i in range(n)}
     preds = {str(i): captions[i % len(captions)]["prediction"] for i in range(n)}

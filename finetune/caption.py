@@ -1,4 +1,5 @@
-"""Video captioning (YouCook2 segments, MSR-VTT videos): a BERT decoder over the backbone's video.
+"""Video captioning (YouCook2 segments, MSR-VTT videos): a BERT decoder over the backbone's video,
+or the backbone itself writing (`head.decoder=masked_lm`, `MaskedLMCaptioner`).
 
 The backbone encodes the clips (`encode(batch)["video"]`, [B, T, D_v]); a Linear + LayerNorm
 projects them to the decoder width (LayerNorm because output scales differ across backbones, as
@@ -53,13 +54,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import BertConfig, BertLMHeadModel, BertModel, GenerationConfig
+from transformers import (
+    BertConfig,
+    BertLMHeadModel,
+    BertModel,
+    GenerationConfig,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import CausalLMOutput
 
 from finetune.metrics import caption_scores
 from finetune.task import Example, FinetuneTask
 from pipeline.config import ConfigError
 from pipeline.finetune_config import CaptionSettings, FinetuneConfig
-from pipeline.models import resolve_model_dir
+from pipeline.models import model_class, resolve_model_dir
 from pipeline.models.base import VLPreTrainedModel
 from pipeline.shards import shard_urls
 
@@ -101,7 +111,28 @@ def tied_keys(module: nn.Module) -> dict[str, str]:
     return tied
 
 
-class CaptionHead(nn.Module):
+class Captioner(nn.Module):
+    """What both caption heads share: the backbone's special ids and the `generate` settings."""
+
+    def __init__(self, backbone: VLPreTrainedModel) -> None:
+        super().__init__()
+        self.bos_id = backbone.config.cls_token_id
+        self.eos_id = backbone.config.sep_token_id
+        self.pad_id = backbone.config.pad_token_id
+
+    def generation_config(self, settings: CaptionSettings) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=settings.max_length,
+            num_beams=settings.num_beams,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
+            do_sample=False,
+            bos_token_id=self.bos_id,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+
+
+class CaptionHead(Captioner):
     """Video projection (+ transcript projection) and a cross-attending BERT decoder.
 
     head(backbone, batch) -> {"logits": [B, N-1, V]} for `caption_ids` [B, N] (teacher forcing);
@@ -114,7 +145,7 @@ class CaptionHead(nn.Module):
         decoder_layers: int = 0,
         use_transcript: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone)
         bert, mlm_head = text_tower(backbone)
         config = BertConfig.from_dict(
             bert.config.to_dict() if bert is not None else dict(backbone.config.text_config)
@@ -148,9 +179,6 @@ class CaptionHead(nn.Module):
 
         self.decoder.register_state_dict_post_hook(drop_tied)
         self.decoder.register_load_state_dict_pre_hook(restore_tied)
-        self.bos_id = backbone.config.cls_token_id
-        self.eos_id = backbone.config.sep_token_id
-        self.pad_id = backbone.config.pad_token_id
         if bert is None:
             log.warning("%s has no BERT text tower: the caption decoder starts random", backbone)
         else:
@@ -205,17 +233,6 @@ class CaptionHead(nn.Module):
         )
         return {"logits": out.logits}  # [B, N-1, V]: position i predicts caption token i+1
 
-    def generation_config(self, settings: CaptionSettings) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=settings.max_length,
-            num_beams=settings.num_beams,
-            no_repeat_ngram_size=settings.no_repeat_ngram_size,
-            do_sample=False,
-            bos_token_id=self.bos_id,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-        )
-
     def generate(
         self,
         backbone: VLPreTrainedModel,
@@ -242,6 +259,99 @@ class CaptionHead(nn.Module):
             **extra,
         )
         return out[:, 1:]
+
+
+VIDEO_KEYS = ("video_feats", "video_tokens", "video_mask", "video_ids")  # what a writer row sees
+
+
+class MaskedLMCaptioner(Captioner):
+    """`head.decoder=masked_lm`: the backbone writes the caption with its own masked-LM head.
+
+    Word k+1 is the backbone's guess at the [MASK] of the text `w1 .. wk [MASK]` beside the
+    segment's clips, exactly how its pretraining filled masked words from the video (and how the
+    QA masked-LM reader answers): BERT used as a left-to-right generator (Wang & Cho 2019), with
+    every prefix its own row, since the backbone's attention is bidirectional and a causal mask
+    would be model-specific. No new parameter; the baselines (`init=text`, `blind`) differ only
+    in the backbone, as with the other heads. Backbones whose masked-LM head never sees the video
+    (CBT) are refused by the task.
+
+    head(backbone, batch) -> {"logits": [R, V]} at `caption_slot` [R] (one row per prefix);
+    head.generate(backbone, batch, config) -> ids [B, <= max_new_tokens] through `SlotWriter`.
+    """
+
+    def __init__(self, backbone: VLPreTrainedModel) -> None:
+        super().__init__(backbone)
+        self.mask_id = backbone.config.mask_token_id
+
+    def forward(self, backbone: VLPreTrainedModel, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return {"logits": backbone.masked_slot_logits(batch, batch["caption_slot"])}
+
+    def generate(
+        self,
+        backbone: VLPreTrainedModel,
+        batch: dict[str, Any],
+        config: GenerationConfig,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Caption ids [B, <= max_new_tokens] after [CLS]; `use_cache` is moot (no cache: every
+        step reads the whole prefix again, as the attention is bidirectional)."""
+        writer = SlotWriter(backbone, self.mask_id)
+        video = {k: batch[k] for k in VIDEO_KEYS}
+        start = torch.full((batch["video_mask"].shape[0], 1), self.bos_id, device=writer.device)
+        config = copy.deepcopy(config)
+        config.use_cache = False
+        out = writer.generate(
+            input_ids=start,
+            attention_mask=torch.ones_like(start),
+            generation_config=config,
+            **video,
+        )
+        return out[:, 1:]
+
+
+class SlotWriterConfig(PretrainedConfig):
+    model_type = "vlpipe-slot-writer"
+
+
+class SlotWriter(PreTrainedModel, GenerationMixin):
+    """What HF `generate` drives for `MaskedLMCaptioner`: ids [R, 1 + k] ([CLS] w1 .. wk) and the
+    rows' clips -> next-word logits [R, 1, V] from text `w1 .. wk [MASK]`. Built per `generate`
+    call around the fine-tuned backbone (it holds no weights of its own); generate expands the
+    video fields across beams like any model input."""
+
+    config_class = SlotWriterConfig
+
+    def __init__(self, backbone: VLPreTrainedModel, mask_id: int) -> None:
+        vocab = backbone.config.text_config["vocab_size"]
+        super().__init__(SlotWriterConfig(vocab_size=vocab, is_encoder_decoder=False))
+        self.backbone, self.mask_id = backbone, mask_id
+
+    def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs: Any) -> dict[str, Any]:
+        return {"input_ids": input_ids, **{k: kwargs[k] for k in VIDEO_KEYS}}
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        video_feats: Tensor,
+        video_tokens: Tensor,
+        video_mask: Tensor,
+        video_ids: Tensor,
+        attention_mask: Tensor | None = None,  # all ones: prefixes grow together, then pad
+        **unused: Any,  # return_dict and other generate bookkeeping
+    ) -> CausalLMOutput:
+        rows, n = input_ids.shape
+        mask = torch.full((rows, 1), self.mask_id, device=input_ids.device)
+        text = torch.cat([input_ids[:, 1:], mask], 1)  # [R, n]: w1 .. wk [MASK]
+        batch = {
+            "text_ids": text,
+            "text_mask": torch.ones_like(text, dtype=torch.bool),
+            "video_feats": video_feats,
+            "video_tokens": video_tokens,
+            "video_mask": video_mask,
+            "video_ids": video_ids,
+        }
+        slot = torch.full((rows,), n - 1, device=input_ids.device)
+        return CausalLMOutput(logits=self.backbone.masked_slot_logits(batch, slot)[:, None])
 
 
 def segment_id(example: Example) -> str:
@@ -285,17 +395,33 @@ class CaptionTask(FinetuneTask):
             for e in examples:
                 e.extra["text"] = self.tokens(transcript(sentences.get(e.key, []), e.item))
 
+    def check_backbone(self) -> None:
+        """Also refuse, before any work, the masked_lm decoder on a backbone whose masked-LM
+        head never sees the video (CBT): it could only write the language prior."""
+        super().check_backbone()
+        if self.settings.decoder == "masked_lm" and not (
+            model_class(self.backbone_name).masked_lm_sees_video
+        ):
+            raise ConfigError(
+                f"head.decoder: masked_lm writes with {self.backbone_name}'s masked-LM head, which "
+                "never sees the video; use head.decoder=cross_attention"
+            )
+
     def prepare(self, examples: list[Example]) -> dict[str, Any]:
         return {}
 
     def build_head(self, backbone: VLPreTrainedModel) -> nn.Module:
         s = self.settings
+        if s.decoder == "masked_lm":
+            return MaskedLMCaptioner(backbone)
         return CaptionHead(backbone, s.decoder_layers, s.use_transcript or bool(s.prompt))
 
     def batch(self, examples: list[Example], train: bool) -> dict[str, Any]:
         """Segment batch (+ the transcript as text) and, training, `caption_ids` [B, N]
         ([CLS] caption [SEP], padded), `caption_mask` [B, N] and `caption_labels` [B, N-1]
-        (the next token; -100 on padding)."""
+        (the next token; -100 on padding). masked_lm trains on `writer_batch` instead."""
+        if train and self.settings.decoder == "masked_lm":
+            return self.writer_batch(examples)
         texts = [e.extra.get("text", []) for e in examples]  # transcript or prompt
         batch = self.collate(examples, texts)
         if train:
@@ -313,14 +439,41 @@ class CaptionTask(FinetuneTask):
             batch.update(caption_ids=ids, caption_mask=mask, caption_labels=labels)
         return batch
 
+    def writer_batch(self, examples: list[Example]) -> dict[str, Any]:
+        """masked_lm training: one row per caption prefix, text `w1 .. wk [MASK]` (k = 0 .. n)
+        with the caption's clips, `caption_slot` [R] = k and `caption_labels` [R] = w(k+1), or
+        [SEP] after the last word (teacher forcing: every word and the end are predicted once);
+        `captions` [B] counts the examples."""
+        tok = self.tokenizer
+        rows, texts, slots, labels = [], [], [], []
+        for e in examples:
+            words = self.tokens(e.item.caption)[: self.cfg.data.max_text_tokens - 1]
+            for k, label in enumerate([*words, tok.sep_token_id]):
+                rows.append(e)
+                texts.append([*words[:k], tok.mask_token_id])
+                slots.append(k)
+                labels.append(label)
+        batch = self.collate(rows, texts)
+        batch.update(
+            caption_slot=torch.tensor(slots),
+            caption_labels=torch.tensor(labels),
+            captions=torch.tensor(len(examples)),
+        )
+        return batch
+
+    def batch_size(self, batch: dict[str, Any]) -> int:
+        if "captions" in batch:  # writer rows are prefixes; the batch is its captions
+            return int(batch["captions"])
+        return super().batch_size(batch)
+
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         return int((batch["caption_labels"] != -100).sum()) if "caption_labels" in batch else 0
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        logits = model(batch)["logits"].float()  # [B, N-1, V]
-        labels = batch["caption_labels"]  # [B, N-1]
+        logits = model(batch)["logits"].float()  # [B, N-1, V], or [R, V] from the writer
+        labels = batch["caption_labels"]  # [B, N-1] or [R]
         loss = F.cross_entropy(
-            logits.flatten(0, 1),
+            logits.flatten(0, -2),
             labels.flatten(),
             ignore_index=-100,
             label_smoothing=self.settings.label_smoothing,
@@ -347,6 +500,7 @@ class CaptionTask(FinetuneTask):
         # FinetuneTask.predict builds batches on the CPU; evaluation runs where the model is.
         device = next(model.parameters()).device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = model.visual(batch)  # from frames: the encoder's features, as in training
         config = model.head.generation_config(self.settings)
         ids = model.head.generate(model.backbone, batch, config)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)

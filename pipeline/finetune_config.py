@@ -95,10 +95,15 @@ class MCSettings:
 
 @dataclass
 class CaptionSettings:
-    """A transformer decoder with cross-attention to the model's video outputs, decoded with
-    HuggingFace `generate` (greedy or beam search); finetune/caption.py."""
+    """A transformer decoder with cross-attention to the model's video outputs, or the backbone's
+    own masked-LM head writing left to right; decoded with HuggingFace `generate` (greedy or beam
+    search); finetune/caption.py."""
 
-    decoder_layers: int = 0  # 0: as many as the text tower (initialised from it)
+    # cross_attention: a BERT decoder (from the text tower) cross-attending to the video outputs;
+    # masked_lm: the backbone writes the caption itself, word k+1 being its masked-LM guess at
+    # "w1 .. wk [MASK]" beside the video (no new parameters; needs masked_lm_sees_video)
+    decoder: Literal["cross_attention", "masked_lm"] = "cross_attention"
+    decoder_layers: int = 0  # cross_attention: 0 = as many as the text tower (initialised from it)
     max_length: int = 20  # generated tokens at most
     num_beams: int = 1  # 1 = greedy; 5 is common for reported numbers
     no_repeat_ngram_size: int = 0  # 0 = off; 3 blocks repeated trigrams
@@ -118,6 +123,11 @@ class CaptionSettings:
         check_range("label_smoothing", self.label_smoothing, -1e-9, 0.5)
         if self.prompt and self.use_transcript:
             raise ConfigError("prompt: the transcript is the text beside the video; use one")
+        if self.decoder == "masked_lm" and (self.prompt or self.use_transcript):
+            raise ConfigError(
+                "decoder: masked_lm writes the caption as the backbone's text; "
+                "prompt / use_transcript need decoder=cross_attention"
+            )
 
 
 @dataclass

@@ -299,3 +299,85 @@ def test_engine_run_evaluate_and_resume(data, tmp_path):
     assert main(args) == 0
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert metrics["segments"] == 4 and "CIDEr" in metrics
+
+
+@pytest.mark.parametrize("model", ["videobert", "vilbert"])
+def test_masked_lm_decoder_rows_gradients_and_save_load(data, tmp_path, model):
+    """head.decoder=masked_lm: one row per caption prefix, `w1 .. wk [MASK]` -> w(k+1) or [SEP],
+    read at the [MASK] by the backbone's own MLM head; no head parameter, so the gradient is the
+    backbone's; the exported run writes the same captions."""
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    task = CaptionTask(config(data, model, run, "head.decoder=masked_lm", fmt="msrvtt-captions"))
+    net = task.build_model()
+    assert not list(net.head.parameters())
+    examples = task.train_examples[:3]
+    batch = task.batch(examples, train=True)
+    tok = task.tokenizer
+    words = [task.tokens(e.item.caption) for e in examples]
+    assert task.batch_size(batch) == 3 and len(batch["caption_slot"]) == sum(
+        len(w) + 1 for w in words
+    )
+    row = 0
+    for w in words:
+        for k, label in enumerate([*w, tok.sep_token_id]):
+            text = batch["text_ids"][row][batch["text_mask"][row]].tolist()
+            assert text == [*w[:k], tok.mask_token_id] and batch["caption_slot"][row] == k
+            assert batch["caption_labels"][row] == label
+            row += 1
+    logits = net(batch)["logits"]
+    assert logits.shape == (row, tok.vocab_size)
+    task.loss(net, batch)["loss"].backward()
+    trained = [p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone.parameters()]
+    assert sum(trained) > len(trained) // 2
+    (run / "model").mkdir(parents=True)
+    task.export(net, run / "model")
+    loaded_task, loaded = load_finetuned(run)
+    assert isinstance(loaded.head, type(net.head))
+    net.eval()
+    before = task.predict(net, task.val_examples[:3])
+    assert before == loaded_task.predict(loaded, loaded_task.val_examples[:3])
+
+
+def test_masked_lm_generate_is_the_argmax_of_the_slot(data, tmp_path):
+    """HF generate through SlotWriter: greedy == argmax of `masked_slot_logits` at the [MASK]
+    after each prefix; beam search over a batch == beam search per video (generate expands the
+    clips across beams); the video changes the captions."""
+    torch.manual_seed(0)
+    task = CaptionTask(config(data, "videobert", tmp_path / "run", "head.decoder=masked_lm",
+                              "head.max_length=5"))  # fmt: skip
+    net = task.build_model().eval()
+    with torch.no_grad():  # make the clips matter to an untrained model
+        net.backbone.visual_word_embeddings.weight.mul_(30)
+        for layer in net.backbone.bert.encoder.layer:
+            layer.attention.output.dense.weight.mul_(20)
+    examples = task.val_examples[:3]
+    batch = task.batch(examples, train=False)
+    head, backbone, settings = net.head, net.backbone, task.settings
+    with torch.no_grad():
+        greedy = head.generate(backbone, batch, head.generation_config(settings))
+        ids = torch.full((len(examples), 1), head.bos_id)
+        for _ in range(greedy.shape[1]):
+            text = torch.cat([ids[:, 1:], torch.full((len(examples), 1), head.mask_id)], 1)
+            rows = {**batch, "text_ids": text, "text_mask": torch.ones_like(text, dtype=torch.bool)}
+            slot = torch.full((len(examples),), text.shape[1] - 1)
+            next_id = backbone.masked_slot_logits(rows, slot).argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], 1)
+        done = torch.zeros(len(examples), dtype=torch.bool)
+        for t in range(greedy.shape[1]):  # after [SEP], generate pads
+            assert torch.equal(greedy[:, t], torch.where(done, head.pad_id, ids[:, t + 1]))
+            done |= ids[:, t + 1] == head.eos_id
+        gc = head.generation_config(dataclasses.replace(settings, num_beams=3))
+        beams = head.generate(backbone, batch, gc)
+        for e, out in zip(examples, beams, strict=True):
+            alone = head.generate(backbone, task.batch([e], train=False), gc)[0]
+            assert torch.equal(out[: len(alone)], alone)
+        assert len({tuple(r.tolist()) for r in greedy}) > 1  # the videos matter
+
+
+def test_masked_lm_decoder_needs_a_masked_lm_that_sees_the_video(data, tmp_path):
+    with pytest.raises(ConfigError, match="never sees the video"):
+        CaptionTask(config(data, "cbt", tmp_path / "run", "head.decoder=masked_lm"))
+    with pytest.raises(ConfigError, match="decoder=cross_attention"):
+        config(data, "videobert", tmp_path / "r2", "head.decoder=masked_lm", "head.prompt=x")
+    assert not (tmp_path / "run").exists()
