@@ -329,7 +329,7 @@ def main() -> None:
         write_corpus(data / "shards", shards=2, per_shard=8 if args.quick else 16)
         write_annotations(data / "shards", data)
         print(
-            f"\n{'backbone':10s} {'head':15s} {'s/step':>8s} {'pretrain s/step':>16s}"
+            f"\n{'backbone':10s} {'head':18s} {'s/step':>8s} {'pretrain s/step':>16s}"
             f" {'ratio (wall)':>13s} {'ratio (CPU)':>12s}"
         )
         for name in models:
@@ -337,7 +337,7 @@ def main() -> None:
             save_backbone(name, run)
             for head, t in step_times(name, run, data, data / "out", args).items():
                 print(
-                    f"{name:10s} {head:15s} {t['wall_a']:8.3f} {t['wall_b']:16.3f}"
+                    f"{name:10s} {head:18s} {t['wall_a']:8.3f} {t['wall_b']:16.3f}"
                     f" {t['wall_a'] / t['wall_b']:12.2f}x {t['cpu_a'] / t['cpu_b']:11.2f}x",
                     flush=True,
                 )

@@ -500,7 +500,6 @@ class CaptionTask(FinetuneTask):
         # FinetuneTask.predict builds batches on the CPU; evaluation runs where the model is.
         device = next(model.parameters()).device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        batch = model.visual(batch)  # from frames: the encoder's features, as in training
         config = model.head.generation_config(self.settings)
         ids = model.head.generate(model.backbone, batch, config)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)

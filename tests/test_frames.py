@@ -320,3 +320,52 @@ def test_frames_refusals(finetune_data, tmp_path):
     )
     with pytest.raises(ConfigError, match="1024-wide feat.npy"):
         classify({**finetune_data, "shards": s3d}, tmp_path / "r4", "data.frames=false")
+
+
+def test_captions_from_frames_read_the_encoder_as_training_does(finetune_data, tmp_path):
+    """Caption prediction calls generate outside FinetuneModel.forward: it must encode the
+    frames too (it once decoded from the stored features whatever the encoder had learnt)."""
+    from finetune.caption import CaptionTask
+
+    database = {}
+    names = sorted(p.stem for p in finetune_data["videos"].glob("*.mp4"))
+    for name in names:
+        words = "flat colours" if name.startswith("flat") else "four quadrants"
+        anns = [{"segment": [1.5 * c, 1.5 * c + 1.5], "id": c, "sentence": words} for c in range(4)]
+        subset = "validation" if name == names[0] else "training"
+        database[name] = {"subset": subset, "annotations": anns}
+    (tmp_path / "youcook2.json").write_text(json.dumps({"database": database}))
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            "task=caption",
+            f"model={finetune_data['cbt']}",
+            f"output_dir={tmp_path / 'run'}",
+            f"data.shards={finetune_data['shards']}",
+            "data.format=youcook2",
+            f"data.train=[{tmp_path / 'youcook2.json'}]",
+            "data.frames=true",
+            "head.max_length=4",
+            "head.java_metrics=false",
+            "progress=false",
+        ],
+    )
+    task = CaptionTask(cfg)
+    model = task.build_model().eval()
+    with torch.no_grad():  # the encoder moves away from the extractor that wrote feat.npy
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+        for layer in model.head.decoder.bert.encoder.layer:  # make the video matter
+            layer.crossattention.output.dense.weight.mul_(50)
+    examples = task.val_examples[:4]
+    batch = task.batch(examples, train=False)
+    config = model.head.generation_config(task.settings)
+    with torch.no_grad():
+        encoded = model.head.generate(model.backbone, model.visual(batch), config)
+        stored = model.head.generate(model.backbone, batch, config)
+    assert not torch.equal(encoded, stored)  # else the test could not tell them apart
+    texts = [p["prediction"] for p in task.predict(model, examples)]  # 4 segments, 4 captions
+    assert texts == [
+        t.strip() for t in task.tokenizer.batch_decode(encoded, skip_special_tokens=True)
+    ]
