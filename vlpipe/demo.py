@@ -12,7 +12,8 @@ The test videos are never seen by pretraining or fine-tuning training.
 Overrides: `model=videobert|cbt|vilbert`, `limit=N` (only the first N videos of each split: a
 smoke run), `tasks=qa,caption` (the fine-tuning tasks; `tasks=` none), and any stage setting
 prefixed by its stage: `prep.video.size=224`, `cluster.depth=3`, `pretrain.optim.max_steps=50`,
-`finetune.optim.max_steps=20` (every fine-tuning run).
+`finetune.optim.max_steps=20` (every fine-tuning run), `finetune.caption.head.num_beams=5` (the
+runs of one task: heads have different settings).
 """
 
 from __future__ import annotations
@@ -121,6 +122,19 @@ def model_overrides(model: str, task: str) -> list[str]:
     return []
 
 
+def task_overrides(items: list[str], task: str) -> list[str]:
+    """The `finetune.` overrides for one task: `caption.head.num_beams=5` applies to captioning
+    only (prefix dropped), an unprefixed `optim.max_steps=20` to every task."""
+    out = []
+    for item in items:
+        first, _, rest = item.partition(".")
+        if first not in TASKS:
+            out.append(item)
+        elif first == task:
+            out.append(rest)
+    return out
+
+
 def _as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
 
@@ -175,7 +189,7 @@ def run_demo(out: Path, overrides: list[str]) -> dict[str, Any]:
                     f"data.train=[{','.join(files['train'])}]",
                     f"data.val=[{','.join(files['val'])}]",
                     *model_overrides(model, task),
-                    *per_stage["finetune"],
+                    *task_overrides(per_stage["finetune"], task),
                 ],
             )
     out.mkdir(parents=True, exist_ok=True)
