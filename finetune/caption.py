@@ -69,7 +69,7 @@ from finetune.metrics import caption_scores
 from finetune.task import Example, FinetuneTask
 from pipeline.config import ConfigError
 from pipeline.finetune_config import CaptionSettings, FinetuneConfig
-from pipeline.models import model_class, resolve_model_dir
+from pipeline.models import resolve_model_dir
 from pipeline.models.base import VLPreTrainedModel
 from pipeline.shards import shard_urls
 
@@ -396,16 +396,10 @@ class CaptionTask(FinetuneTask):
                 e.extra["text"] = self.tokens(transcript(sentences.get(e.key, []), e.item))
 
     def check_backbone(self) -> None:
-        """Also refuse, before any work, the masked_lm decoder on a backbone whose masked-LM
-        head never sees the video (CBT): it could only write the language prior."""
+        """Also refuse the masked_lm decoder where the masked LM never sees the video."""
         super().check_backbone()
-        if self.settings.decoder == "masked_lm" and not (
-            model_class(self.backbone_name).masked_lm_sees_video
-        ):
-            raise ConfigError(
-                f"head.decoder: masked_lm writes with {self.backbone_name}'s masked-LM head, which "
-                "never sees the video; use head.decoder=cross_attention"
-            )
+        if self.settings.decoder == "masked_lm":
+            self.refuse_masked_lm_without_video("head.decoder", "head.decoder=cross_attention")
 
     def prepare(self, examples: list[Example]) -> dict[str, Any]:
         return {}

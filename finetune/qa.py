@@ -53,7 +53,6 @@ from finetune.metrics import qa_accuracy
 from finetune.task import Example, FinetuneTask
 from pipeline.config import ConfigError
 from pipeline.finetune_config import MCSettings, QASettings
-from pipeline.models import model_class
 from pipeline.models.base import VLPreTrainedModel
 
 VQA_SCORE = (0.0, 0.3, 0.6, 0.9, 1.0)  # soft score by number of annotators giving the answer
@@ -144,16 +143,10 @@ class QATask(FinetuneTask):
     settings: QASettings
 
     def check_backbone(self) -> None:
-        """Also refuse, before any work, the masked_lm reader on a backbone whose masked-LM
-        head never sees the video (CBT): it could only learn the language prior."""
+        """Also refuse the masked_lm reader where the masked LM never sees the video."""
         super().check_backbone()
-        if self.settings.reader == "masked_lm" and not (
-            model_class(self.backbone_name).masked_lm_sees_video
-        ):
-            raise ConfigError(
-                f"head.reader: masked_lm reads {self.backbone_name}'s masked-LM head, which never "
-                "sees the video; use head.reader=classifier"
-            )
+        if self.settings.reader == "masked_lm":
+            self.refuse_masked_lm_without_video("head.reader", "head.reader=classifier")
 
     def prepare(self, examples: list[Example]) -> dict[str, Any]:
         counts = Counter(a for e in examples for a in set(e.item.answers))

@@ -227,6 +227,16 @@ class FinetuneTask(Task):
             )
         return first[1]
 
+    def refuse_masked_lm_without_video(self, setting: str, alternative: str) -> None:
+        """ConfigError, before any work, when `setting` (e.g. head.reader=masked_lm) would read
+        the masked-LM head of a backbone whose masked LM never sees the video (CBT): it could
+        only learn the language prior."""
+        if not model_class(self.backbone_name).masked_lm_sees_video:
+            raise ConfigError(
+                f"{setting}=masked_lm: {self.backbone_name}'s masked-LM head never sees the "
+                f"video; use {alternative}"
+            )
+
     def check_backbone(self) -> None:
         """Refuse, before any work, a backbone that cannot take these clip features."""
         config = model_class(self.backbone_name).config_class.from_pretrained(str(self.model_dir))
