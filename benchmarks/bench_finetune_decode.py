@@ -235,6 +235,11 @@ def decode_and_metrics(name: str, run: Path, data: Path, out: Path, args) -> Non
     metrics_alone(captions, args)
 
 
+def scoring_modes(args) -> list[tuple[str, bool]]:
+    """(label, use_java) of the caption_scores variants timed: Java's only where it runs."""
+    return [("no Java", False)] + ([("PTB+METEOR", True)] if args.java else [])
+
+
 def decode(name: str, run: Path, data: Path, out: Path, args, decoder: str) -> list[dict]:
     """Decoding throughput and its share of an evaluation; returns the beam-5 predictions."""
     task = make_task(
@@ -244,7 +249,7 @@ def decode(name: str, run: Path, data: Path, out: Path, args, decoder: str) -> l
     model = task.build_model()
     fit_caption_head(task, model, args.train_steps)
     val = task.val_examples[: args.val_limit] if args.val_limit else task.val_examples
-    metric_modes = [("no Java", False)] + ([("PTB+METEOR", True)] if args.java else [])
+    metric_modes = scoring_modes(args)
     print(f"\ncaption decoding ({name}, head.decoder={decoder}, {len(val)} validation segments,")
     print("max_length 20):")
     print(f"{'search':8s} {'captions/s':>10s} {'tokens':>7s} {'decode s':>9s}", end="")
@@ -275,7 +280,7 @@ def metrics_alone(captions: list[dict], args) -> None:
     """caption_scores on --metric-captions ids cycled from `captions`."""
     from finetune.metrics import caption_scores
 
-    metric_modes = [("no Java", False)] + ([("PTB+METEOR", True)] if args.java else [])
+    metric_modes = scoring_modes(args)
     n = args.metric_captions
     refs = {str(i): captions[i % len(captions)]["references"] for i in range(n)}
     preds = {str(i): captions[i % len(captions)]["prediction"] for i in range(n)}
