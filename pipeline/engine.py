@@ -135,6 +135,10 @@ def train(task: Task, cfg: EngineConfig, resume: bool = False) -> TrainResult:
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
         weight_decay=cfg.optim.weight_decay,
+        # One fused kernel over all parameters (CPU and CUDA): same update, and on the demo's
+        # pretraining (2 CPU cores) 0.03 s a step instead of the foreach default's 0.12 s of
+        # about 1 s (benchmarks/bench_demo_step.py).
+        fused=True,
     )
     scheduler = get_scheduler(
         cfg.optim.schedule, optimizer, cfg.optim.warmup_steps, cfg.optim.max_steps

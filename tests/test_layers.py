@@ -1,8 +1,9 @@
 """Building blocks and losses: NCE / KL against their formulas, co-attention streams and masks,
-text framing. (TokenLearner: tests/test_encoders_reducers.py.)"""
+text framing, BERT run on rows grouped by length. (TokenLearner: tests/test_encoders_reducers.py.)"""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -21,7 +22,7 @@ from pipeline.models.layers import (
     RunningFeatureNorm,
     TransformerBlock,
 )
-from pipeline.models.text import add_cls_sep
+from pipeline.models.text import add_cls_sep, bert_by_length, length_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -241,6 +242,69 @@ def test_add_cls_sep_rejects_non_prefix_mask() -> None:
         add_cls_sep(
             torch.ones(1, 3, dtype=torch.long), torch.tensor([[True, False, True]]), 1, 2, 0
         )
+
+
+# --- BERT on rows grouped by length ---------------------------------------------------------
+
+
+def _brute_force_runs(lengths: list[int], overhead: int) -> float:
+    """The least cost over every way to cut the sorted rows into contiguous runs."""
+    n, best = len(lengths), float("inf")
+    for cuts in range(2 ** (n - 1)):
+        bounds = [0] + [i + 1 for i in range(n - 1) if cuts >> i & 1] + [n]
+        cost = sum((b - a) * lengths[b - 1] + overhead for a, b in itertools.pairwise(bounds))
+        best = min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("overhead", [0, 5, 40])
+def test_length_runs_is_the_cheapest_cut(overhead: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        lengths = sorted(torch.randint(1, 30, (9,), generator=gen).tolist())
+        runs = length_runs(lengths, overhead)
+        assert runs[0][0] == 0 and runs[-1][1] == len(lengths)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(runs))  # contiguous, no gap
+        cost = sum((b - a) * lengths[b - 1] + overhead for a, b in runs)
+        assert cost == _brute_force_runs(lengths, overhead)
+    assert length_runs([3, 3, 3], 0) == [(0, 3)]  # rows of one length stay together
+    assert length_runs([2, 2, 20, 20], 0) == [(0, 2), (2, 4)]
+    assert length_runs([2, 2, 20, 20], 100) == [(0, 4)]
+
+
+def test_bert_by_length_equals_one_padded_call() -> None:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=40,
+    )  # fmt: skip
+    bert = BertModel(config, add_pooling_layer=True).eval()
+    lengths = [3, 17, 4, 30, 3, 16, 29, 5]
+    mask = _mask(lengths, 30).long()
+    ids = torch.randint(1, 50, (8, 30)) * mask
+    types = (torch.arange(30)[None] >= 2).long() * mask
+    one = bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    assert len(length_runs(sorted(lengths), 0)) > 1  # the grouped path runs
+    hidden, pooled = bert_by_length(bert, mask, 0, input_ids=ids, token_type_ids=types)
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real], one.last_hidden_state[real])
+    torch.testing.assert_close(pooled, one.pooler_output)
+    assert not hidden[~real].any()  # padding comes back as zeros
+    # The gradients through the regrouping are those of the one call (padding's are zero).
+    weight = torch.randn(8, 30, 32)
+    grads = []
+    for grouped in (False, True):
+        embeds = bert.embeddings.word_embeddings(ids).detach().requires_grad_()
+        if grouped:
+            hidden, _ = bert_by_length(bert, mask, 0, inputs_embeds=embeds, token_type_ids=types)
+        else:
+            hidden = bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types)[0]
+        (hidden * weight * real[..., None]).sum().backward()
+        grads.append(embeds.grad)
+    torch.testing.assert_close(grads[1][real], grads[0][real])
+    assert grads[1][real].abs().sum(-1).gt(0).all() and not grads[1][~real].any()
 
 
 def test_running_feature_norm_matches_the_statistics_of_every_clip_seen() -> None:

@@ -4,7 +4,8 @@ A `TextTower` is a local HuggingFace BERT checkpoint (`bert.*` weights as BERT s
 BERT's masked-LM head tied to the word embeddings. It frames a segment batch's sentences as
 `[CLS] words [SEP]`, runs them and decodes masked positions; the masked-LM loss of methods.md 1.4
 / 2.1 / 3.5 is `losses.cross_entropy_or_zero` on `mlm_logits`. VideoBERT packs words and visual
-words into one BERT sequence and shares only `read_bert_directory`.
+words into one BERT sequence and shares `read_bert_directory` and `bert_by_length` (BERT run
+on rows grouped by length, padding left out).
 
 Legend: B batch, L sentence tokens (L+2 with [CLS]/[SEP]), D text width, V WordPiece vocabulary.
 """
@@ -78,6 +79,71 @@ def add_cls_sep(
     return ids, mask  # [B, L+2] each
 
 
+# What one more BERT call costs, in padded tokens' worth of compute (fixed per-call work and
+# smaller, less efficient matrix products); read at call time. benchmarks/bench_demo_step.py
+# times the demo's pretraining steps over a range of values (and with one padded call).
+RUN_OVERHEAD_TOKENS = 64
+
+
+def length_runs(lengths: list[int], overhead: int) -> list[tuple[int, int]]:
+    """Cut rows sorted by length (ascending) into runs [start, end) that each pad to their
+    longest row, minimising sum(rows x longest) + `overhead` per run (exact dynamic programme
+    over the places where the length changes: a run never splits rows of one length).
+    """
+    ends = [
+        i + 1 for i in range(len(lengths)) if i + 1 == len(lengths) or lengths[i + 1] > lengths[i]
+    ]
+    bounds = [0, *ends]  # cost[j]: the best cut of rows [0, bounds[j])
+    cost, back = [0.0] + [float("inf")] * len(ends), [0] * (len(ends) + 1)
+    for j in range(1, len(bounds)):
+        for i in range(j):
+            c = cost[i] + (bounds[j] - bounds[i]) * lengths[bounds[j] - 1] + overhead
+            if c < cost[j]:
+                cost[j], back[j] = c, i
+    runs, j = [], len(bounds) - 1
+    while j > 0:
+        runs.append((bounds[back[j]], bounds[j]))
+        j = back[j]
+    return runs[::-1]
+
+
+def bert_by_length(
+    bert: BertModel, attention_mask: Tensor, overhead: int | None = None, **inputs: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """`bert(attention_mask=..., **inputs)` on runs of rows of similar length, each cut to its
+    longest row: padding is most of a batch of short narrated segments (56 % of the demo's
+    pretraining tokens), and BERT spends as much on a padding token as on a word.
+
+    attention_mask [B, N]; inputs: `input_ids` or `inputs_embeds` [B, N(, D)] and optionally
+    `token_type_ids` / `position_ids` [B, N]. Returns (last_hidden_state [B, N, D], zero beyond
+    each row's last attended token; pooler_output [B, D] or None). A row's outputs do not depend
+    on the other rows (each row attends to itself only), so this equals one call up to float
+    rounding; in training, dropout draws differ. `overhead`: see `length_runs`
+    (None: RUN_OVERHEAD_TOKENS).
+    """
+    batch, width = attention_mask.shape
+    positions = torch.arange(1, width + 1, device=attention_mask.device)
+    extent = torch.where(attention_mask.bool(), positions, 0).amax(1).clamp(min=1)  # [B]
+    order = extent.argsort(stable=True)
+    lengths = extent[order].tolist()
+    runs = length_runs(lengths, RUN_OVERHEAD_TOKENS if overhead is None else overhead)
+    if len(runs) == 1:
+        out = bert(attention_mask=attention_mask, **inputs)
+        return out.last_hidden_state, out.pooler_output
+    hidden, pooled = [], []
+    for start, end in runs:
+        rows, length = order[start:end], lengths[end - 1]
+        out = bert(
+            attention_mask=attention_mask[rows, :length],
+            **{k: v[rows, :length] for k, v in inputs.items()},
+        )
+        hidden.append(F.pad(out.last_hidden_state, (0, 0, 0, width - length)))
+        pooled.append(out.pooler_output)
+    back = order.argsort()  # sorted position of each original row
+    pooler = torch.cat(pooled)[back] if pooled[0] is not None else None
+    return torch.cat(hidden)[back], pooler
+
+
 class TiedMaskedLMHead(nn.Module):
     """BERT MLM head whose decoder is the word-embedding matrix (BertLMPredictionHead).
 
@@ -142,7 +208,7 @@ class TextTower(nn.Module):
         """ids [B, L], mask [B, L] -> BERT outputs [B, L+2, D] of `[CLS] words [SEP]`, mask."""
         ids, mask = self.frame(text_ids, text_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+            return bert_by_length(self.bert, mask, input_ids=ids)[0], mask
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """[..., D] -> [..., V] WordPiece logits (decoder tied to the word embeddings)."""

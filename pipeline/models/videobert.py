@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput
 from pipeline.losses import cross_entropy_or_zero, pairwise_ranking
 from pipeline.models.base import Batch, VLConfig, VLPreTrainedModel, mask_tokens
 from pipeline.models.settings import VideoBERTObjectiveSettings, VideoBERTSettings
+from pipeline.models.text import bert_by_length
 
 MASKED_VISUAL_WORD = -2  # value in `video_tokens` for "this clip is [MASK]"
 
@@ -310,14 +311,16 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         token_type_ids: Tensor,
         position_ids: Tensor | None = None,
     ) -> VideoBERTOutput:
-        """Unified ids [B, N] (see module doc) -> hidden [B, N, D] and pooled [CLS] [B, D]."""
-        out = self.bert(
-            inputs_embeds=self.embed_unified_ids(input_ids),
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-        )
-        return VideoBERTOutput(out.last_hidden_state, out.pooler_output)
+        """Unified ids [B, N] (see module doc) -> hidden [B, N, D] (zero on padding) and pooled
+        [CLS] [B, D]. Rows run in groups of similar length (`bert_by_length`)."""
+        inputs = {
+            "inputs_embeds": self.embed_unified_ids(input_ids),
+            "token_type_ids": token_type_ids,
+        }
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        hidden, pooled = bert_by_length(self.bert, attention_mask, **inputs)
+        return VideoBERTOutput(hidden, pooled)
 
     def text_logits(self, hidden: Tensor) -> Tensor:
         """[..., D] -> [..., Vt] WordPiece logits (decoder tied to the text word embeddings)."""
