@@ -49,7 +49,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--demo-out", default="demo_out", help="a vlpipe demo output directory")
     p.add_argument("--model", default="videobert", help="which pretrained run of the demo")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument("--seed-list", default="", help="these seeds instead, e.g. 1,2 (split a grid)")
     p.add_argument("--fractions", default="1.0,0.1")
     p.add_argument("--tasks", default="qa,caption,classify")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -65,7 +66,8 @@ def main() -> int:
     for task in args.tasks.split(","):
         fmt, files = annotation_files(labels, task)
         for fraction in (float(f) for f in args.fractions.split(",")):
-            for seed in range(args.seeds):
+            seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else None
+            for seed in seeds or range(args.seeds):
                 for name in args.variants.split(","):
                     init, blind = VARIANTS[name]
                     out = demo / "bench_finetune" / args.model / f"{task}-{fraction}-{name}-{seed}"

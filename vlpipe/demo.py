@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "data" / "sample_corpus"
 STAGES = ("prep", "cluster", "pretrain", "finetune")
 SPLITS = ("train", "val", "test")
-# Fine-tuning tasks of a plain `make demo`: QA alone keeps it under 10 minutes on 2 cores
-# (its 3 runs took 269 s of a 592 s demo at 200 steps and 177 s of 540 s at 120, hence 80 in
+# Fine-tuning tasks of a plain `make demo`: QA alone keeps it under 10 minutes on 2 cores (its 3
+# runs took 193 s of a 627 s demo at 40 steps on a 2-core AVX2 EPYC, hence 30 in
 # configs/finetune/demo_qa.yaml); `tasks=qa,caption,classify` adds 3 runs per task.
 DEMO_TASKS = ("qa",)
 # (label, init, blind): the rows of the fine-tuning table (issue 10's baselines)
