@@ -111,12 +111,13 @@ def bert_by_length(
     bert: BertModel, attention_mask: Tensor, overhead: int | None = None, **inputs: Tensor
 ) -> tuple[Tensor, Tensor | None]:
     """`bert(attention_mask=..., **inputs)` on runs of rows of similar length, each cut to its
-    longest row: padding is most of a batch of short narrated segments (56 % of the demo's
+    longest row: padding is most of a batch of short narrated segments (58 % of the demo's
     pretraining tokens), and BERT spends as much on a padding token as on a word.
 
     attention_mask [B, N]; inputs: `input_ids` or `inputs_embeds` [B, N(, D)] and optionally
-    `token_type_ids` / `position_ids` [B, N]. Returns (last_hidden_state [B, N, D], zero beyond
-    each row's last attended token; pooler_output [B, D] or None). A row's outputs do not depend
+    `token_type_ids` / `position_ids` [B, N]. Returns (last_hidden_state [B, N, D], meaningless
+    beyond each row's last attended token: zero when the rows ran in groups, BERT's values when
+    one call was cheapest; pooler_output [B, D] or None). A row's outputs do not depend
     on the other rows (each row attends to itself only), so this equals one call up to float
     rounding; in training, dropout draws differ. `overhead`: see `length_runs`
     (None: RUN_OVERHEAD_TOKENS).

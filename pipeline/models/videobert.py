@@ -311,8 +311,8 @@ class VideoBERTForPretraining(VLPreTrainedModel):
         token_type_ids: Tensor,
         position_ids: Tensor | None = None,
     ) -> VideoBERTOutput:
-        """Unified ids [B, N] (see module doc) -> hidden [B, N, D] (zero on padding) and pooled
-        [CLS] [B, D]. Rows run in groups of similar length (`bert_by_length`)."""
+        """Unified ids [B, N] (see module doc) -> hidden [B, N, D] (meaningless on padding) and
+        pooled [CLS] [B, D]. Rows run in groups of similar length (`bert_by_length`)."""
         inputs = {
             "inputs_embeds": self.embed_unified_ids(input_ids),
             "token_type_ids": token_type_ids,
