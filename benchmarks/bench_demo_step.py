@@ -19,14 +19,13 @@ Needs a `vlpipe demo` output (its shards, visual words and pretraining config).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_videobert_step import time_interleaved  # noqa: E402
 from benchmarks.machine import cpu_name  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models import text  # noqa: E402
@@ -61,13 +60,25 @@ def main() -> int:
         if len(batches) == args.batches:
             break
 
-    # What the packed rows look like: real tokens against one padded call and the groups.
+    # name -> (RUN_OVERHEAD_TOKENS, fused AdamW)
     default = text.RUN_OVERHEAD_TOKENS
-    torch.manual_seed(0)
-    model = task.build_model().train()
+    settings = {
+        "padded, foreach AdamW (before)": (PADDED, False),
+        "padded, fused AdamW": (PADDED, True),
+        **{
+            f"grouped {v}, fused AdamW{' (default)' if int(v) == default else ''}": (int(v), True)
+            for v in args.overheads.split(",")
+        },
+    }
+    models = {}
+    for name in settings:
+        torch.manual_seed(0)
+        models[name] = task.build_model().train()
+
+    # What the packed rows look like: real tokens against one padded call and the groups.
     real = padded = grouped = 0
     for batch in batches:
-        packed = model.pack_inputs(
+        packed = next(iter(models.values())).pack_inputs(
             batch["text_ids"], batch["text_mask"], batch["video_tokens"], batch["video_mask"]
         )
         lengths = sorted(packed.attention_mask.sum(1).tolist())
@@ -80,38 +91,26 @@ def main() -> int:
     print(f"  real tokens / one padded call: {real / padded:.2f}")
     print(f"  real tokens / grouped (overhead {default}): {real / grouped:.2f}")
 
-    # name -> (RUN_OVERHEAD_TOKENS, fused AdamW)
-    settings = {
-        "padded, foreach AdamW (before)": (PADDED, False),
-        "padded, fused AdamW": (PADDED, True),
-        **{
-            f"grouped {v}, fused AdamW{' (default)' if int(v) == default else ''}": (int(v), True)
-            for v in args.overheads.split(",")
-        },
-    }
-    steps = {}
-    for name, (_, fused) in settings.items():
-        torch.manual_seed(0)
-        m = task.build_model().train()
-        params = [q for q in m.parameters() if q.requires_grad]
-        steps[name] = (m, torch.optim.AdamW(params, lr=1e-5, fused=fused))
-    times: dict[str, list[float]] = {name: [] for name in settings}
-    for repeat in range(args.repeats + 1):  # pass 0 warms up (allocator, AdamW state)
-        for name, (overhead, _) in settings.items():
+    def one_pass(model: torch.nn.Module, overhead: int, fused: bool):
+        """One optimizer step per demo batch, BERT grouped with `overhead`."""
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused)
+
+        def run() -> None:
             text.RUN_OVERHEAD_TOKENS = overhead
-            m, opt = steps[name]
-            start = time.perf_counter()
             for batch in batches:
-                opt.zero_grad(set_to_none=True)
-                task.loss(m, batch)["loss"].backward()
-                opt.step()
-            if repeat:
-                times[name].append((time.perf_counter() - start) / len(batches))
+                optimizer.zero_grad(set_to_none=True)
+                task.loss(model, batch)["loss"].backward()
+                optimizer.step()
+
+        return run
+
+    passes = {name: one_pass(models[name], *settings[name]) for name in settings}
+    times = {n: t / len(batches) for n, t in time_interleaved(passes, args.repeats).items()}
     text.RUN_OVERHEAD_TOKENS = default
-    base = statistics.median(next(iter(times.values())))
+    base = next(iter(times.values()))
     print(f"{'setting':40s} s/step  ratio to before (lower is faster)")
-    for name, t in times.items():
-        sec = statistics.median(t)
+    for name, sec in times.items():
         print(f"  {name:38s} {sec:6.3f}  {sec / base:.2f}")
     return 0
 

@@ -56,6 +56,7 @@ def main() -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("overrides", nargs="*", help="finetune settings for every run, key=value")
     args = p.parse_args()
+    seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds)
     logging.basicConfig(level=logging.WARNING)
     demo = Path(args.demo_out)
     run = demo / f"run-{args.model}"
@@ -66,8 +67,7 @@ def main() -> int:
     for task in args.tasks.split(","):
         fmt, files = annotation_files(labels, task)
         for fraction in (float(f) for f in args.fractions.split(",")):
-            seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else None
-            for seed in seeds or range(args.seeds):
+            for seed in seeds:
                 for name in args.variants.split(","):
                     init, blind = VARIANTS[name]
                     out = demo / "bench_finetune" / args.model / f"{task}-{fraction}-{name}-{seed}"
