@@ -1,7 +1,8 @@
 """Does pretraining help fine-tuning? The seed grid of issue 10 on the sample corpus.
 
     python benchmarks/bench_finetune.py --demo-out demo_out --model videobert \\
-        [--seeds 3] [--fractions 1.0,0.1] [--tasks qa,caption,classify]
+        [--seeds 3] [--fractions 1.0,0.1] [--tasks qa,caption,classify] [--tag NAME]
+    python benchmarks/bench_finetune.py --table OUT/bench_finetune-videobert-a.json ...
 
 Needs a `vlpipe demo` output (its prep shards and its pretrained run). For every task, fraction
 of the training annotations and seed, the same head, schedule and data are fine-tuned from four
@@ -9,7 +10,8 @@ starting points: `pretrained` (the run), `text` (the text checkpoint only), `ran
 `blind` (pretrained, video hidden); each is trained on train, its best step chosen on val,
 scored on the test videos. Prints mean ± std over seeds per row (and QA's majority answer), and
 whether pretrained beats text by more than 2 standard deviations (the larger of the two stds).
-Writes every run's numbers to OUT/bench_finetune-<model>.json.
+Writes every run's numbers to OUT/bench_finetune-<model>[-<tag>].json; a grid split across
+processes (--seed-list, --tasks, each with its own --tag) is put back together with --table.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from machine import cpu_name  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.finetune_config import FinetuneConfig  # noqa: E402
+from pipeline.io import atomic_write_json  # noqa: E402
 from pipeline.stats import mean_std  # noqa: E402
 from vlpipe.demo import (  # noqa: E402
     CORPUS,
@@ -54,8 +57,13 @@ def main() -> int:
     p.add_argument("--fractions", default="1.0,0.1")
     p.add_argument("--tasks", default="qa,caption,classify")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--tag", default="", help="suffix of the results file (a split grid)")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of these")
     p.add_argument("overrides", nargs="*", help="finetune settings for every run, key=value")
     args = p.parse_args()
+    if args.table:
+        print_table([r for f in args.table for r in json.loads(Path(f).read_text())])
+        return 0
     seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds)
     logging.basicConfig(level=logging.WARNING)
     demo = Path(args.demo_out)
@@ -63,6 +71,7 @@ def main() -> int:
     labels = json.loads((CORPUS / "labels.json").read_text())
     shards = {s: demo / "shards" / s for s in ("train", "val", "test")}
     results: list[dict] = []
+    out_json = demo / f"bench_finetune-{args.model}{'-' + args.tag if args.tag else ''}.json"
     print(f"machine: {cpu_name()}; pretrained run: {run}")
     for task in args.tasks.split(","):
         fmt, files = annotation_files(labels, task)
@@ -96,13 +105,13 @@ def main() -> int:
                     results.append(
                         {"task": task, "fraction": fraction, "seed": seed, "variant": name, **r}
                     )
+                    atomic_write_json(out_json, results)  # after every run: a stopped grid keeps it
                     metric = HEADLINE[task]
                     print(
                         f"{task} {fraction:.0%} seed {seed} {name:10s} test {metric} "
                         f"{r['test'].get(metric, float('nan')):6.1f}  ({time.perf_counter() - t0:.0f} s)",
                         flush=True,
                     )
-    (demo / f"bench_finetune-{args.model}.json").write_text(json.dumps(results, indent=1))
     print_table(results)
     return 0
 

@@ -4,7 +4,7 @@ Stages (one obvious place each): decode (`data_prep.video`, in worker processes 
 `data_prep.decode_worker`), S3D features (`pipeline.s3d_extract`, batched across videos here),
 transcript (`data_prep.asr`, in a thread so that it never holds up S3D), alignment
 (`data_prep.align`), shard writing (`pipeline.shards`), the end-of-run table
-(`data_prep.prep_report`).
+(`data_prep.prep_report`); the checks before any work (`data_prep.prep_setup`).
 
 Resume and distribution: every rank sees the same sorted input list, takes every world-th input,
 skips the keys already in completed shards (and recorded failures unless --retry-failed), and
@@ -17,10 +17,8 @@ one line says to rerun, and the exit code is 128 + the signal number.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing as mp
-import os
 import queue
 import shutil
 import signal
@@ -38,8 +36,15 @@ from data_prep.decode_worker import DecodeSettings, quiet_ffmpeg, video_events, 
 from data_prep.inputs import InputError, InputItem, discover_inputs, find_duplicates
 from data_prep.interrupt import INTERRUPTED_LINE, PrepInterrupted, StopOnSignal
 from data_prep.prep_report import PrepSummary, print_summary
-from pipeline.config import ConfigError, config_hash, save_config, to_dict
-from pipeline.io import append_jsonl, atomic_write_json
+from data_prep.prep_setup import (
+    check_output_dir,
+    check_resume_config,
+    dist_info,
+    library_versions,
+    resolve_device,
+)
+from pipeline.config import config_hash, save_config, to_dict
+from pipeline.io import append_jsonl
 from pipeline.prep_config import PrepConfig, check_space_to_depth
 from pipeline.shards import (
     STATE_DIR,
@@ -77,98 +82,6 @@ class VideoState:
     def complete(self) -> bool:
         """Decoded and every clip through S3D (the transcript may still be running)."""
         return self.end is not None and len(self.feats) == len(self.spans)
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun / accelerate launch environment variables."""
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    return rank, world, local
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in (
-        "vlpipe",
-        "torch",
-        "numpy",
-        "av",
-        "decord2",
-        "faster-whisper",
-        "ctranslate2",
-        "openai-whisper",
-        "webdataset",
-    ):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
-def resolve_device(device: str, local_rank: int) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-
-
-def check_output_dir(out: Path) -> None:
-    """Refuse an --output that exists and is not a directory (before anything is written)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--output {out} exists and is not a directory; give a directory path")
-
-
-def check_resume_config(out: Path, cfg: PrepConfig, rank: int) -> None:
-    """Refuse to mix samples made with different content settings in one output directory.
-
-    Only finished samples count: a directory whose earlier runs produced no sample (a mistyped
-    input, a run stopped before its first shard) takes the new settings, and failures recorded
-    under the old ones are dropped (they may not hold under the new settings).
-    """
-    path = out / STATE_DIR / "content_config.json"
-    content = {k: to_dict(cfg)[k] for k in PrepConfig.CONTENT_SECTIONS}
-    if path.exists():
-        old = json.loads(path.read_text())
-        # A setting added since that run (e.g. features.extractor, issue 11) counts as its
-        # default; nested sections (features.encoder) compare key by key.
-        new, before = _flat(content), _flat({k: old.get(k, {}) for k in content})
-        defaults = _flat({k: to_dict(PrepConfig())[k] for k in content})
-        keys = [*new, *(k for k in before if k not in new)]
-        diffs = [
-            f"{k}: {before.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
-            for k in keys
-            if before.get(k, defaults.get(k)) != new.get(k)
-        ]
-        if len(diffs) > 8:
-            diffs = [*diffs[:8], f"{len(diffs) - 8} more"]
-        if not diffs:
-            return
-        if completed_shards(out):
-            raise ConfigError(
-                f"{out} holds samples made with other settings ({'; '.join(diffs)}); "
-                "use a new --output directory or the original settings"
-            )
-        if rank == 0:  # no sample yet: start over with the new settings
-            for stale in (out / STATE_DIR).glob("failures-rank*.jsonl"):
-                stale.unlink(missing_ok=True)
-    if rank == 0:
-        atomic_write_json(path, content)
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (lists stay values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Prep:

@@ -205,6 +205,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and other values stay as they are."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_hash(cfg: Any, sections: typing.Iterable[str] | None = None) -> str:
     """sha256 (first 16 hex) of the canonical JSON of the config, or of some of its sections."""
     d = to_dict(cfg)

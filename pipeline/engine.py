@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import save_config, to_dict
+from pipeline.config import flat_dict, save_config, to_dict
 from pipeline.io import append_jsonl, atomic_write_json, read_jsonl, umask_modes
 from pipeline.train_config import EngineConfig
 
@@ -216,7 +216,12 @@ def _start(accelerator, run_dir: Path, cfg: EngineConfig, resume: bool) -> dict[
         # Drop what was logged after the checkpoint we resume from (everything, from scratch).
         kept = [r for r in read_jsonl(metrics) if r["step"] <= state["step"]] if ckpt else []
         metrics.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
+    # TensorBoard hparams take scalars only: lists and None go in as their text.
+    hparams = {
+        k: v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in flat_dict(to_dict(cfg)).items()
+    }
+    accelerator.init_trackers("tensorboard", config=hparams)
     return state
 
 
@@ -437,16 +442,3 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: di
         for old in ckpts[: max(0, len(ckpts) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """TensorBoard hparams want flat scalars."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, int | float | str | bool):
-            out[prefix + k] = v
-        else:
-            out[prefix + k] = str(v)
-    return out

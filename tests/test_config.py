@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, config_hash, load_config, parse_overrides, save_config
+from pipeline.config import (
+    ConfigError,
+    config_hash,
+    flat_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from pipeline.prep_config import PrepConfig
 from pipeline.train_config import PretrainConfig
 
@@ -138,3 +145,10 @@ def test_every_shipped_config_loads(path):
         assert cfg.model.name in path.name
     if cls is FinetuneConfig:
         assert cfg.task in path.stem
+
+
+def test_flat_dict_joins_nested_keys_and_keeps_values():
+    """One flattening for TensorBoard's hparams and prep's resume check: lists stay lists."""
+    d = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}
+    assert flat_dict(d) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+    assert flat_dict({}) == {}
