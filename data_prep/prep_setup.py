@@ -27,6 +27,7 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def library_versions() -> dict[str, str]:
+    """{distribution: version} of the libraries that shape a sample (provenance in meta.json)."""
     import importlib.metadata as md
 
     out = {}
@@ -49,6 +50,7 @@ def library_versions() -> dict[str, str]:
 
 
 def resolve_device(device: str, local_rank: int) -> str:
+    """Device "auto" -> this rank's GPU when there is one, else "cpu"; anything else as given."""
     import torch
 
     if device != "auto":
