@@ -188,6 +188,19 @@ def test_settings_reject_what_does_not_apply(name, overrides, message) -> None:
         encoder_settings(name, overrides)
 
 
+def test_lsa_with_two_temporal_tokens_warns(caplog) -> None:
+    """Two temporal tokens leave each LSA query one key: the temperature is inert (a warning)."""
+    lsa = [*SMALL_VIVIT, "lsa=true"]  # frames 4 / tubelet 2 = 2 temporal tokens, pool gap
+    with caplog.at_level("WARNING", logger="vlpipe.encoders"):
+        encoder_settings("vivit_factorised_mini", lsa)
+    assert "temperature gets no gradient" in caplog.text
+    for fine in (["frames=6"], ["pool=cls"]):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vlpipe.encoders"):
+            encoder_settings("vivit_factorised_mini", [*lsa, *fine])
+        assert "temperature" not in caplog.text, fine
+
+
 @dataclass
 class _BiggerConfig:
     encoder: VideoSwinMiniSettings = field(default_factory=VideoSwinMiniSettings)

@@ -9,10 +9,13 @@ apply is rejected with a message saying why, naming the key, instead of "unknown
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import ConfigError, check_range
+
+log = logging.getLogger("vlpipe.encoders")
 
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # Video Swin configs (img_norm_cfg), RGB, 0-255
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
@@ -286,6 +289,13 @@ class ViViTFactorisedSettings(ViViTSettings):
             raise ConfigError(
                 "tome.scope: the factorised encoder merges in its spatial encoder, which sees "
                 "one frame at a time; use scope=frame"
+            )
+        if self.lsa and self.grid[0] + (self.pool == "cls") == 2:
+            # Legal, but LSA's diagonal mask leaves each of the 2 queries one key: a softmax over
+            # one element is 1 whatever the scale, so the temporal temperature never learns.
+            log.warning(
+                "lsa: the temporal encoder sees 2 tokens (frames / tubelet[0] + class token), so "
+                "its learned temperature gets no gradient; use more frames or pool=cls"
             )
 
 
