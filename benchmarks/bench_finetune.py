@@ -79,7 +79,8 @@ def main() -> int:
             for seed in seeds:
                 for name in args.variants.split(","):
                     init, blind = VARIANTS[name]
-                    out = demo / "bench_finetune" / args.model / f"{task}-{fraction}-{name}-{seed}"
+                    run_name = f"{task}-{fraction}-{name}-{seed}"
+                    out = demo / "bench_finetune" / args.model / args.tag / run_name
                     cfg = load_config(
                         FinetuneConfig,
                         REPO / f"configs/finetune/demo_{task}.yaml",
