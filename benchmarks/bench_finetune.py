@@ -57,7 +57,7 @@ def main() -> int:
     p.add_argument("--fractions", default="1.0,0.1")
     p.add_argument("--tasks", default="qa,caption,classify")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--tag", default="", help="suffix of the results file (a split grid)")
+    p.add_argument("--tag", default="", help="names a part of a grid: results file, run dirs")
     p.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of these")
     p.add_argument("overrides", nargs="*", help="finetune settings for every run, key=value")
     args = p.parse_args()
