@@ -194,3 +194,6 @@ class FinetuneConfig(EngineConfig):
             raise ConfigError("model: a pretrained run directory is required (model=runs/NAME)")
         check_range("backbone_lr_mult", self.backbone_lr_mult, -1e-12)
         check_range("encoder_lr_mult", self.encoder_lr_mult, -1e-12)
+        if isinstance(self.head, ClassifySettings) and self.head.mode == "probe":
+            if self.data.batch_size < 2:  # the probe's BatchNorm needs 2 rows per batch
+                raise ConfigError("data.batch_size: a linear probe (head.mode=probe) needs >= 2")

@@ -109,11 +109,14 @@ def task_of(cfg: FinetuneConfig):
 
 
 @pytest.mark.parametrize("model", MODELS.names())
-@pytest.mark.parametrize("task", ["qa", "qa-masked_lm", "qa-windows", "mc", "classify"])
+@pytest.mark.parametrize(
+    "task", ["qa", "qa-masked_lm", "qa-windows", "mc", "classify", "classify-probe"]
+)
 def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
     torch.manual_seed(0)
     extra = {
         "classify": ["head.mode=full"],
+        "classify-probe": ["head.mode=probe"],  # BatchNorm: its running statistics round-trip
         "qa-masked_lm": ["head.reader=masked_lm"],
         # the windowed reader: masked-LM where the model's MLM sees the video, else classifier
         "qa-windows": [
@@ -163,7 +166,11 @@ def test_heads_shapes_gradients_and_save_load(data, tmp_path, model, task):
     # Parameters that the head's path never reaches (e.g. VideoBERT's MLM decoders, the
     # two-stream clip head) legitimately stay without gradient: only the head must all learn.
     assert not [n for n in missing if n.startswith("head.")], missing
-    assert not all(p.grad is None for p in net.backbone.parameters())
+    if "head.mode=probe" in extra:  # frozen: nothing of the backbone learns
+        assert all(p.grad is None for p in net.backbone.parameters())
+        assert net.head.norm.num_batches_tracked.item() > 0  # its statistics moved: saved below
+    else:
+        assert not all(p.grad is None for p in net.backbone.parameters())
     (tmp_path / "run" / "model").mkdir(parents=True)
     t.export(net, tmp_path / "run" / "model")
     loaded_task, loaded = load_finetuned(tmp_path / "run")
@@ -218,6 +225,18 @@ def test_probe_freezes_the_backbone(data, tmp_path):
     net = t.build_model()
     assert all(not p.requires_grad for p in net.backbone.parameters())
     assert all(p.requires_grad for p in net.head.parameters())
+    # MAE's linear-probe head: each pooled feature standardised over the batch, no affine
+    net.train()
+    net.backbone.eval()  # no dropout: the two passes below see the same features
+    batch = next(iter(t.train_batches(0, 1, 0)))
+    pooled = net.backbone.encode(batch)["pooled"].detach()  # [B, D]
+    seen = {}
+    net.head.linear.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    net(batch)
+    expected = (pooled - pooled.mean(0)) / (pooled.var(0, unbiased=False) + 1e-6).sqrt()
+    torch.testing.assert_close(seen["x"], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="needs >= 2"):
+        config(data, "cbt", "classify", tmp_path / "one", "head.mode=probe", "data.batch_size=1")
 
 
 def test_blind_hides_every_clip(data, tmp_path):
