@@ -11,7 +11,7 @@ the demo's text model), saved and loaded like a pretrained run.
 
 1. Step time. One optimizer step = the task's loss forward + backward + AdamW step on B
    examples, for qa (pooled classifier; qa-windowed: the demo's masked-LM reader, the question
-   read beside every 2-clip window), mc, classify (probe: frozen backbone; full), caption
+   read beside 2-clip windows side by side), mc, classify (probe: frozen backbone; full), caption
    (video-only decoder with as many layers as the text tower; caption-masked_lm: the backbone
    writing, one row per caption prefix, where its masked LM sees the video), against the
    pretraining objective of the same backbone on B segment rows (the narration sentence + the
@@ -68,8 +68,9 @@ HEAD_SETTINGS = {
     "classify-probe": ["head.mode=probe"],
     "classify-full": ["head.mode=full"],
     "caption-masked_lm": ["head.decoder=masked_lm"],
-    # The demo's QA (configs/finetune/demo_qa.yaml): the masked-LM reader on every 2-clip window.
-    "qa-windowed": ["head.reader=masked_lm", "head.window_clips=2"],
+    # The demo's QA (configs/finetune/demo_qa.yaml): the masked-LM reader on 2-clip windows side
+    # by side.
+    "qa-windowed": ["head.reader=masked_lm", "head.window_clips=2", "head.window_stride=2"],
 }
 # Heads that read the backbone's masked LM beside the clips (not CBT, whose text never sees them).
 MASKED_LM_HEADS = ("qa-windowed", "caption-masked_lm")
