@@ -34,9 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from machine import cpu_name  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.finetune_config import FinetuneConfig  # noqa: E402
-from vlpipe.demo import CORPUS, annotation_files, model_overrides  # noqa: E402
+from vlpipe.demo import CORPUS, annotation_files, finetune_config  # noqa: E402
 
 INITS = ("pretrained", "text", "random")
 
@@ -82,24 +80,12 @@ def main() -> int:
     torch.manual_seed(0)  # the random start's draw
     demo = Path(args.demo_out)
     labels = json.loads((CORPUS / "labels.json").read_text())
-    fmt, files = annotation_files(labels, "classify")
+    files = annotation_files(labels, "classify")[1]
     shards = [demo / "shards" / s for s in ("train", "val", "test")]
+    run, out = demo / f"run-{args.model}", demo / "bench_feature_probe"  # out: failures.jsonl
     rows: dict[str, dict[str, float]] = {}
     for init in INITS:
-        cfg = load_config(
-            FinetuneConfig,
-            REPO / "configs/finetune/demo_classify.yaml",
-            [
-                f"model={demo / f'run-{args.model}'}",
-                f"init={init}",
-                f"output_dir={demo / 'bench_feature_probe'}",  # only its failures.jsonl
-                f"data.shards=[{','.join(map(str, shards))}]",
-                f"data.format={fmt}",
-                f"data.train=[{','.join(files['train'])}]",
-                f"data.val=[{','.join(files['val'])}]",
-                *model_overrides(args.model, "classify"),
-            ],
-        )
+        cfg = finetune_config("classify", args.model, run, shards, out, labels, init)
         task = ClassifyTask(cfg)
         train, test = task.train_examples, task.examples(files["test"], "test")
         y_train, y_test = [e.item.label for e in train], [e.item.label for e in test]

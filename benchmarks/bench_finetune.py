@@ -28,15 +28,12 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from machine import cpu_name  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.finetune_config import FinetuneConfig  # noqa: E402
 from pipeline.io import atomic_write_json  # noqa: E402
 from pipeline.stats import mean_std  # noqa: E402
 from vlpipe.demo import (  # noqa: E402
     CORPUS,
-    annotation_files,
     finetune_and_test,
-    model_overrides,
+    finetune_config,
 )
 from vlpipe.report import HEADLINE  # noqa: E402
 
@@ -74,30 +71,22 @@ def main() -> int:
     out_json = demo / f"bench_finetune-{args.model}{'-' + args.tag if args.tag else ''}.json"
     print(f"machine: {cpu_name()}; pretrained run: {run}")
     for task in args.tasks.split(","):
-        fmt, files = annotation_files(labels, task)
         for fraction in (float(f) for f in args.fractions.split(",")):
             for seed in seeds:
                 for name in args.variants.split(","):
                     init, blind = VARIANTS[name]
                     run_name = f"{task}-{fraction}-{name}-{seed}"
                     out = demo / "bench_finetune" / args.model / args.tag / run_name
-                    cfg = load_config(
-                        FinetuneConfig,
-                        REPO / f"configs/finetune/demo_{task}.yaml",
-                        [
-                            f"model={run}",
-                            f"init={init}",
-                            f"blind={str(blind).lower()}",
-                            f"seed={seed}",
-                            f"output_dir={out}",
-                            f"data.shards=[{shards['train']},{shards['val']}]",
-                            f"data.format={fmt}",
-                            f"data.train=[{','.join(files['train'])}]",
-                            f"data.val=[{','.join(files['val'])}]",
-                            f"data.fraction={fraction}",
-                            *model_overrides(args.model, task),
-                            *args.overrides,
-                        ],
+                    cfg = finetune_config(
+                        task,
+                        args.model,
+                        run,
+                        [shards["train"], shards["val"]],
+                        out,
+                        labels,
+                        init,
+                        blind,
+                        [f"seed={seed}", f"data.fraction={fraction}", *args.overrides],
                     )
                     from finetune.evaluate import evaluate_run
 

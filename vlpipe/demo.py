@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, load_config
-from pipeline.finetune_config import TASKS
+from pipeline.finetune_config import TASKS, FinetuneConfig
 from pipeline.models import MODELS
 
 log = logging.getLogger("vlpipe.demo")
@@ -135,6 +135,39 @@ def task_overrides(items: list[str], task: str) -> list[str]:
     return out
 
 
+def finetune_config(
+    task: str,
+    model: str,
+    run_dir: Path,
+    shards: list[Path],
+    output_dir: Path,
+    labels: dict,
+    init: str = "pretrained",
+    blind: bool = False,
+    extra: list[str] | tuple[str, ...] = (),
+) -> FinetuneConfig:
+    """The demo's `task` config (configs/finetune/demo_<task>.yaml) fine-tuning `model`'s run
+    `run_dir` from `init` on the sample corpus's annotations joined to `shards`; `extra`
+    overrides come last. Shared by the demo and the benchmarks that rerun its fine-tuning."""
+    fmt, files = annotation_files(labels, task)
+    return load_config(
+        FinetuneConfig,
+        REPO / f"configs/finetune/demo_{task}.yaml",
+        [
+            f"model={run_dir}",
+            f"init={init}",
+            f"blind={str(blind).lower()}",
+            f"output_dir={output_dir}",
+            f"data.shards=[{','.join(map(str, shards))}]",
+            f"data.format={fmt}",
+            f"data.train=[{','.join(files['train'])}]",
+            f"data.val=[{','.join(files['val'])}]",
+            *model_overrides(model, task),
+            *extra,
+        ],
+    )
+
+
 def _as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
 
@@ -145,7 +178,6 @@ def run_demo(out: Path, overrides: list[str]) -> dict[str, Any]:
     from finetune.evaluate import evaluate_run
     from finetune.zeroshot import evaluate_zeroshot
     from pipeline.cluster_config import ClusterConfig
-    from pipeline.finetune_config import FinetuneConfig
     from pipeline.prep_config import PrepConfig
     from pipeline.train_config import PretrainConfig
     from pretrain.train import train
@@ -172,26 +204,21 @@ def run_demo(out: Path, overrides: list[str]) -> dict[str, Any]:
             *per_stage["pretrain"],
         ],
     )
-    ft_cfgs = {}
-    for task in tasks:
-        fmt, files = annotation_files(labels, task)
-        for name, init, blind in VARIANTS:
-            ft_cfgs[task, name] = load_config(
-                FinetuneConfig,
-                REPO / f"configs/finetune/demo_{task}.yaml",
-                [
-                    f"model={run_dir}",
-                    f"init={init}",
-                    f"blind={str(blind).lower()}",
-                    f"output_dir={out / 'finetune' / model / task / name.replace(' ', '-')}",
-                    f"data.shards=[{shards['train']},{shards['val']}]",
-                    f"data.format={fmt}",
-                    f"data.train=[{','.join(files['train'])}]",
-                    f"data.val=[{','.join(files['val'])}]",
-                    *model_overrides(model, task),
-                    *task_overrides(per_stage["finetune"], task),
-                ],
-            )
+    ft_cfgs = {
+        (task, name): finetune_config(
+            task,
+            model,
+            run_dir,
+            [shards["train"], shards["val"]],
+            out / "finetune" / model / task / name.replace(" ", "-"),
+            labels,
+            init,
+            blind,
+            task_overrides(per_stage["finetune"], task),
+        )
+        for task in tasks
+        for name, init, blind in VARIANTS
+    }
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
