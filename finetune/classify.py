@@ -8,13 +8,14 @@ accuracy (the mean over classes of per-class top-1, as UCF101/HMDB51 papers repo
 
 The probe standardises each pooled feature with a BatchNorm without affine parameters before the
 linear layer, MAE's linear-probe head (`main_linprobe.py`: `BatchNorm1d(D, affine=False,
-eps=1e-6)` before the head). A frozen backbone's pooled features can
-sit at very different scales per dimension (VideoBERT's tanh pooler, trained for alignment),
-and a short probe with a LayerNorm (which normalises across features, per row) under-fits
-them: on the demo's model, 60 steps, the pretrained start reached 57.8 % verb top-1 with a
-LayerNorm and 65.6 % with the BatchNorm (a logistic regression fitted to convergence on the
-same features: 85.0 %). Its running statistics are buffers, saved and loaded with the head;
-under DDP each process keeps its own (not synchronised), and rank 0's are exported. Full
+eps=1e-6)` before the head). A frozen backbone's pooled features can sit at very different
+scales per dimension (VideoBERT's tanh pooler, trained for alignment), and a short probe with a
+LayerNorm (which normalises across features, per row) under-fits them: on the demo's model, 60
+steps, the pretrained start reached 57.8 % verb top-1 with a LayerNorm and 65.6 % with the
+BatchNorm (a logistic regression fitted to convergence on the same features: 85.0 %). Its running
+statistics are buffers, saved and loaded with the head. Under DDP each process normalises by its
+own batch (not synchronised), and DDP broadcasts rank 0's buffers before every forward
+(`broadcast_buffers`, on by default), so every process holds, and exports, rank 0's. Full
 fine-tuning keeps a LayerNorm: the features move with the backbone. A probe exported before this
 head (a LayerNorm) no longer loads: `load_state_dict` names the missing and unexpected keys.
 
